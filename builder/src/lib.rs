@@ -1,0 +1,492 @@
+//! berth's builder: from a Git URL at a ref to a cached, content-addressed environment image.
+//!
+//! A build fetches the repository ([`fetch`]), makes a build plan with the buildpacks, hashes
+//! everything that can change the environment ([`hash::env_hash`]), and builds two images
+//! through the Docker Engine API: the heavy environment image, tagged
+//! `berth-env:<env hash>` and reused whenever the hash matches, and on top of it a thin image
+//! with the repository's files, keyed by the commit's tree.
+
+pub mod context;
+pub mod engine;
+pub mod fetch;
+pub mod hash;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use berth_buildpacks::{BuildPlan, BuildpackError, PlanOptions, RenderOptions};
+use serde::Serialize;
+use tracing::{info, info_span, Instrument};
+
+pub use engine::{Engine, ImageInfo};
+pub use fetch::{Checkout, FetchError, FetchProgress, RepoCache};
+
+/// berth's version, recorded in image labels.
+pub const BERTH_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The default base image: Debian bookworm, created locally with debootstrap when missing.
+pub const DEFAULT_BASE_IMAGE: &str = "berth-base:bookworm";
+
+/// The default limit on a repository's tree, in bytes (1 GiB).
+pub const DEFAULT_MAX_REPO_BYTES: u64 = 1 << 30;
+
+/// Label keys berth sets on its images.
+pub mod labels {
+    /// The env hash (64 hex digits).
+    pub const ENV_HASH: &str = "berth.env_hash";
+    /// The buildpack that made the plan.
+    pub const BUILDPACK: &str = "berth.buildpack";
+    /// berth's version.
+    pub const VERSION: &str = "berth.version";
+    /// The repository URL or path.
+    pub const REPO_URL: &str = "berth.repo_url";
+    /// The ref asked for.
+    pub const REF: &str = "berth.ref";
+    /// The resolved commit.
+    pub const COMMIT: &str = "berth.commit";
+    /// The commit's tree (repository images only).
+    pub const TREE: &str = "berth.tree";
+    /// The Python version the repository asked for.
+    pub const PYTHON_REQUESTED: &str = "berth.python.requested";
+    /// The Python version installed.
+    pub const PYTHON_ACTUAL: &str = "berth.python.actual";
+    /// The kind of image: `env` or `repo`.
+    pub const KIND: &str = "berth.kind";
+}
+
+/// Errors of a build. Each displays as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Fetching or reading the repository failed.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The spec could not be turned into a plan.
+    #[error(transparent)]
+    Spec(#[from] BuildpackError),
+    /// No Docker engine answers.
+    #[error("cannot reach the Docker engine: {0}")]
+    EngineUnavailable(String),
+    /// The engine answered with an error.
+    #[error("Docker engine: {0}")]
+    Engine(String),
+    /// A build step failed.
+    #[error("build failed: {0}")]
+    BuildFailed(String),
+    /// The base image could not be found, pulled or created.
+    #[error("base image: {0}")]
+    Base(String),
+    /// The CA bundle could not be read.
+    #[error("cannot read CA bundle {path}: {message}")]
+    CaCert {
+        /// The path given.
+        path: String,
+        /// The reason.
+        message: String,
+    },
+    /// An `--image-name` that Docker would refuse.
+    #[error("invalid image name {0:?}: use lowercase letters, digits, '.', '_', '-', '/' and an optional :tag")]
+    InvalidImageName(String),
+    /// An internal error (I/O of a build context, a worker thread).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What to build, and how.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// A Git URL (https, http, git, ssh) or a local path (work tree or bare repository).
+    pub source: String,
+    /// Branch, tag, full or short commit; `None` means `HEAD`.
+    pub reference: Option<String>,
+    /// Name (and optional `:tag`) of the repository image; by default
+    /// `berth/<repo name>:<first 12 hex digits of the tree>`.
+    pub image_name: Option<String>,
+    /// Build everything again, without Docker's layer cache and without reusing images.
+    pub no_cache: bool,
+    /// Build with the nearest Python when the requested one is missing.
+    pub python_fallback: bool,
+    /// Python versions (`X.Y`) the base image provides, default first.
+    pub available_pythons: Vec<String>,
+    /// A CA bundle (PEM) handed to the build steps, for intercepting TLS proxies.
+    pub ca_cert: Option<PathBuf>,
+    /// The base image; [`DEFAULT_BASE_IMAGE`] by default.
+    pub base_image: String,
+    /// The Debian mirror debootstrap uses to create a missing base image.
+    pub debian_mirror: String,
+    /// `$REPO_DIR` in the image.
+    pub repo_dir: String,
+    /// Limit on the repository tree's size in bytes.
+    pub max_repo_bytes: u64,
+    /// Where clones are cached.
+    pub cache_dir: PathBuf,
+}
+
+impl BuildRequest {
+    /// A request for `source` with every other setting at its default.
+    pub fn new(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            reference: None,
+            image_name: None,
+            no_cache: false,
+            python_fallback: false,
+            available_pythons: PlanOptions::default().available_pythons,
+            ca_cert: None,
+            base_image: DEFAULT_BASE_IMAGE.into(),
+            debian_mirror: "http://deb.debian.org/debian".into(),
+            repo_dir: "/home/jovyan".into(),
+            max_repo_bytes: DEFAULT_MAX_REPO_BYTES,
+            cache_dir: default_cache_dir(),
+        }
+    }
+
+    fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            available_pythons: self.available_pythons.clone(),
+            python_fallback: self.python_fallback,
+        }
+    }
+
+    fn render_options(&self) -> RenderOptions {
+        RenderOptions {
+            base_image: self.base_image.clone(),
+            repo_dir: self.repo_dir.clone(),
+            ca_cert: self.ca_cert.is_some(),
+        }
+    }
+}
+
+/// `$BERTH_CACHE_DIR`, else `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BERTH_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("berth");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache/berth")
+}
+
+/// The phases of a build, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Fetching the repository.
+    Fetching,
+    /// Detecting the spec and making the plan.
+    Detecting,
+    /// Making sure the base image exists.
+    Base,
+    /// Building the environment image.
+    BuildingEnv,
+    /// Building the repository image.
+    BuildingRepo,
+    /// Done.
+    Built,
+}
+
+/// What a build reports while it runs.
+#[derive(Debug, Clone)]
+pub enum BuildEvent {
+    /// A new phase began.
+    Phase(Phase),
+    /// A log line (from git, debootstrap or a build step).
+    Log(String),
+    /// Something the user should know (an unmapped dependency, a Python fallback).
+    Warning(String),
+    /// Fetch progress.
+    Fetch(FetchProgress),
+}
+
+/// The result of a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildOutcome {
+    /// The runnable image: the repository image (or the environment image for the
+    /// `dockerfile` buildpack).
+    pub image: String,
+    /// The environment image, `berth-env:<env hash>`.
+    pub env_image: String,
+    /// The env hash (64 hex digits).
+    pub env_hash: String,
+    /// The commit built (40 hex digits).
+    pub commit: String,
+    /// The buildpack that made the plan.
+    pub buildpack: String,
+    /// Whether the environment image was reused without a build.
+    pub cached_env: bool,
+    /// Wall-clock duration of the whole build, in seconds.
+    pub seconds: f64,
+}
+
+/// Fetches the repository of `req` (blocking work on a worker thread).
+///
+/// # Errors
+/// [`BuildError::Fetch`].
+pub async fn checkout(
+    req: &BuildRequest,
+    report: &(dyn Fn(BuildEvent) + Send + Sync),
+) -> Result<Checkout, BuildError> {
+    let cache = RepoCache::new(req.cache_dir.join("repos"));
+    let source = req.source.clone();
+    let reference = req.reference.clone();
+    let max = req.max_repo_bytes;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::task::spawn_blocking(move || {
+        cache.checkout(&source, reference.as_deref(), max, &mut |p| {
+            let _ = tx.send(p);
+        })
+    });
+    while let Some(p) = rx.recv().await {
+        report(BuildEvent::Fetch(p));
+    }
+    let co = task.await.map_err(|e| BuildError::Internal(e.to_string()))??;
+    Ok(co)
+}
+
+/// Makes the build plan of a checked-out repository.
+///
+/// # Errors
+/// [`BuildError::Spec`].
+pub fn plan(req: &BuildRequest, co: &Checkout) -> Result<BuildPlan, BuildError> {
+    Ok(berth_buildpacks::plan(&co.files, &req.plan_options())?)
+}
+
+/// Renders the environment image's Dockerfile.
+pub fn dockerfile(req: &BuildRequest, co: &Checkout, plan: &BuildPlan) -> String {
+    berth_buildpacks::render_dockerfile(plan, &co.files, &req.render_options())
+}
+
+/// Checks an image name as Docker's reference grammar would (lowercase path components, an
+/// optional tag of at most 128 characters).
+///
+/// # Errors
+/// [`BuildError::InvalidImageName`].
+pub fn validate_image_name(name: &str) -> Result<(), BuildError> {
+    let bad = || BuildError::InvalidImageName(name.to_string());
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t)),
+        _ => (name, None),
+    };
+    let comp_ok = |c: &str| {
+        !c.is_empty()
+            && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+            && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
+    };
+    if repo.is_empty() || repo.len() > 200 || !repo.split('/').all(|c| comp_ok(c) || c.contains(':')) {
+        return Err(bad());
+    }
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && t.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+            && !t.starts_with(['.', '-']);
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// The default repository image name: `berth/<last path component>`, made a valid Docker name.
+pub fn default_image_repo(url: &str) -> String {
+    let last = url
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("repo")
+        .trim_end_matches(".git");
+    let mut slug: String = last
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    slug = slug.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    if slug.is_empty() {
+        slug = "repo".into();
+    }
+    format!("berth/{slug}")
+}
+
+/// Builds (or reuses) the images of `req`, reporting progress to `report`.
+///
+/// The environment image is reused when `berth-env:<env hash>` exists (unless `no_cache`); the
+/// repository image is reused when an image of that name carries the same tree and env hash.
+/// A failed build tags nothing and leaves no intermediate container.
+///
+/// # Errors
+/// [`BuildError`] for every failure, each with a one-line message.
+pub async fn build(
+    engine: &Engine,
+    req: &BuildRequest,
+    report: &(dyn Fn(BuildEvent) + Send + Sync),
+) -> Result<BuildOutcome, BuildError> {
+    let span = info_span!("build", source = %req.source, reference = ?req.reference);
+    build_inner(engine, req, report).instrument(span).await
+}
+
+async fn build_inner(
+    engine: &Engine,
+    req: &BuildRequest,
+    report: &(dyn Fn(BuildEvent) + Send + Sync),
+) -> Result<BuildOutcome, BuildError> {
+    let started = Instant::now();
+    if let Some(name) = &req.image_name {
+        validate_image_name(name)?;
+    }
+    let ca = match &req.ca_cert {
+        Some(p) => Some(std::fs::read(p).map_err(|e| BuildError::CaCert {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
+
+    report(BuildEvent::Phase(Phase::Fetching));
+    let co = checkout(req, report).await?;
+    info!(commit = %co.commit, tree = %co.tree, files = co.files.len(), "fetched");
+    report(BuildEvent::Log(format!("{} at {} is commit {}", co.url, co.reference, co.commit)));
+
+    report(BuildEvent::Phase(Phase::Detecting));
+    let plan = plan(req, &co)?;
+    report(BuildEvent::Log(format!("buildpack: {}", plan.buildpack)));
+    for w in &plan.warnings {
+        report(BuildEvent::Warning(w.clone()));
+    }
+
+    report(BuildEvent::Phase(Phase::Base));
+    let mut log = |line: &str| report(BuildEvent::Log(line.to_string()));
+    let base_id = if plan.dockerfile.is_some() {
+        // A user's Dockerfile names its own base; its bytes are in the hash.
+        String::new()
+    } else {
+        engine
+            .ensure_base(&req.base_image, "bookworm", &req.debian_mirror, &mut log)
+            .await?
+    };
+    let env_hash = hash::env_hash(&plan, &co.files, &base_id, &req.repo_dir);
+    let env_image = format!("berth-env:{env_hash}");
+    info!(%env_hash, buildpack = %plan.buildpack, "planned");
+
+    let mut common = HashMap::new();
+    common.insert(labels::ENV_HASH.to_string(), env_hash.clone());
+    common.insert(labels::BUILDPACK.to_string(), plan.buildpack.clone());
+    common.insert(labels::VERSION.to_string(), BERTH_VERSION.to_string());
+    common.insert(labels::REPO_URL.to_string(), co.url.clone());
+    common.insert(labels::REF.to_string(), co.reference.clone());
+    common.insert(labels::COMMIT.to_string(), co.commit.clone());
+    if let Some(py) = &plan.python {
+        common.insert(labels::PYTHON_ACTUAL.to_string(), py.version.clone());
+        if let Some(r) = &py.requested {
+            common.insert(labels::PYTHON_REQUESTED.to_string(), r.clone());
+        }
+    }
+
+    let existing = if req.no_cache { None } else { engine.image(&env_image).await? };
+    let cached_env = existing.is_some();
+    if cached_env {
+        report(BuildEvent::Log(format!("reusing environment image {env_image}")));
+    } else {
+        report(BuildEvent::Phase(Phase::BuildingEnv));
+        let dockerfile_text = dockerfile(req, &co, &plan);
+        let ctx = context::env_context(&plan, &co.files, &dockerfile_text, ca.as_deref())
+            .map_err(|e| BuildError::Internal(e.to_string()))?;
+        let dockerfile_path = plan.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into());
+        let mut l = common.clone();
+        l.insert(labels::KIND.to_string(), "env".into());
+        let span = info_span!("build_env", %env_hash);
+        engine
+            .build(ctx, &env_image, &dockerfile_path, l, req.no_cache, &mut log)
+            .instrument(span)
+            .await?;
+    }
+
+    let image = if plan.dockerfile.is_some() {
+        if let Some(name) = &req.image_name {
+            tag(engine, &env_image, name).await?;
+            name.clone()
+        } else {
+            env_image.clone()
+        }
+    } else {
+        let name = match &req.image_name {
+            Some(n) => n.clone(),
+            None => format!("{}:{}", default_image_repo(&co.url), &co.tree[..12]),
+        };
+        let reusable = if req.no_cache {
+            false
+        } else {
+            engine.image(&name).await?.is_some_and(|i| {
+                i.labels.get(labels::TREE) == Some(&co.tree)
+                    && i.labels.get(labels::ENV_HASH) == Some(&env_hash)
+            })
+        };
+        if reusable {
+            report(BuildEvent::Log(format!("reusing repository image {name}")));
+        } else {
+            report(BuildEvent::Phase(Phase::BuildingRepo));
+            let df = context::repo_dockerfile(&env_image, &req.repo_dir);
+            let ctx = context::repo_context(&plan, &co.files, &df)
+                .map_err(|e| BuildError::Internal(e.to_string()))?;
+            let mut l = common.clone();
+            l.insert(labels::KIND.to_string(), "repo".into());
+            l.insert(labels::TREE.to_string(), co.tree.clone());
+            let span = info_span!("build_repo", tree = %co.tree);
+            engine
+                .build(ctx, &name, "Dockerfile", l, req.no_cache, &mut log)
+                .instrument(span)
+                .await?;
+        }
+        name
+    };
+    report(BuildEvent::Phase(Phase::Built));
+    Ok(BuildOutcome {
+        image,
+        env_image,
+        env_hash,
+        commit: co.commit,
+        buildpack: plan.buildpack,
+        cached_env,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+async fn tag(engine: &Engine, image: &str, name: &str) -> Result<(), BuildError> {
+    let (repo, tag) = match name.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, t),
+        _ => (name, "latest"),
+    };
+    let opts = bollard::query_parameters::TagImageOptionsBuilder::new()
+        .repo(repo)
+        .tag(tag)
+        .build();
+    engine
+        .docker()
+        .tag_image(image, Some(opts))
+        .await
+        .map_err(|e| BuildError::Engine(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names() {
+        assert!(validate_image_name("berth/conda:abc123").is_ok());
+        assert!(validate_image_name("localhost:5000/x/y:1.0").is_ok());
+        assert!(validate_image_name("Bad").is_err());
+        assert!(validate_image_name("x:-tag").is_err());
+        assert!(validate_image_name("a b").is_err());
+        assert_eq!(default_image_repo("/x/shared/fixtures/repos/setup.py.git"), "berth/setup.py");
+        assert_eq!(default_image_repo("https://github.com/binder-examples/Conda/"), "berth/conda");
+        assert_eq!(default_image_repo("git@github.com:a/b.git"), "berth/b");
+    }
+}
