@@ -21,6 +21,9 @@ pub enum CondaMapping {
 
 /// Conda packages whose PyPI name differs (conda-forge name, PyPI name).
 const RENAMES: &[(&str, &str)] = &[
+    // conda-forge's `dask` is the full distribution (dataframe, array, distributed, pyarrow);
+    // its core alone is `dask-core`.
+    ("dask", "dask[complete]"),
     ("dask-core", "dask"),
     ("matplotlib-base", "matplotlib"),
     ("msgpack-python", "msgpack"),

@@ -53,6 +53,7 @@ impl Buildpack for RequirementsBuildpack {
         let path = spec.path("requirements.txt");
         let scan = scan_requirements(spec, &path, 0)?;
         plan.env_files.extend(scan.files);
+        plan.env_files.push(path.clone());
         plan.whole_repo |= scan.local_paths;
         plan.requirements_files.push(path);
         add_local_install(spec, &mut plan);

@@ -1,0 +1,158 @@
+//! Helpers of the end-to-end tests: the real `berth` binary, the real Docker engine and the
+//! real fixture repositories in `../shared/fixtures/repos`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+/// Docker builds share the engine and two cores: one at a time keeps them from redoing each
+/// other's base layers.
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Holds the build lock (a failed test must not poison it for the others).
+pub fn build_lock() -> MutexGuard<'static, ()> {
+    BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The bare fixture repository `name` (`conda`, `requirements`, `apt_install`, `setup.py`).
+pub fn fixture(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/repos")
+        .join(format!("{name}.git"));
+    assert!(p.exists(), "fixture {} is missing", p.display());
+    p.canonicalize().unwrap()
+}
+
+/// The clone cache shared by the tests of one run.
+pub fn cache_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("berth-cache");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The host's CA bundle, handed to builds so pip and uv work through intercepting proxies.
+pub fn ca_bundle() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("SSL_CERT_FILE").map(PathBuf::from),
+        Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.is_file())
+}
+
+/// A `berth` command with the test cache and CA bundle.
+pub fn berth() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+    c.env("BERTH_CACHE_DIR", cache_dir());
+    match ca_bundle() {
+        Some(ca) => c.env("BERTH_CA_CERT", ca),
+        None => c.env_remove("BERTH_CA_CERT"),
+    };
+    c
+}
+
+/// Runs `berth ARGS`, returning its output.
+pub fn run_berth(args: &[&str]) -> Output {
+    berth().args(args).output().expect("berth runs")
+}
+
+/// The result of `berth build --json`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Built {
+    pub image: String,
+    pub env_image: String,
+    pub env_hash: String,
+    pub commit: String,
+    pub buildpack: String,
+    pub cached_env: bool,
+    pub seconds: f64,
+}
+
+/// `berth build SOURCE --json EXTRA…`, which must succeed.
+pub fn build(source: &Path, extra: &[&str]) -> Built {
+    let _g = build_lock();
+    let mut args = vec!["build", source.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = run_berth(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "berth build {source:?} failed:\n{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not the JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// `docker ARGS`, returning stdout; panics with stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker runs");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `sh -c SCRIPT` in a throwaway container of `image` (through its entrypoint).
+pub fn in_image(image: &str, script: &str) -> String {
+    docker(&["run", "--rm", image, "sh", "-c", script])
+}
+
+/// The labels of an image.
+pub fn labels(image: &str) -> serde_json::Value {
+    let out = docker(&["image", "inspect", "--format", "{{json .Config.Labels}}", image]);
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// Ids of every container, running or not.
+pub fn all_containers() -> Vec<String> {
+    let mut v: Vec<String> = docker(&["ps", "-aq", "--no-trunc"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// References (`repo:tag`) of every image.
+pub fn all_images() -> Vec<String> {
+    let mut v: Vec<String> = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// `git ARGS` in `dir`, which must succeed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=berth-test", "-c", "user.email=test@berth.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A work-tree clone of a fixture in a temporary folder, to commit changes on.
+pub fn clone_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["clone", "-q", fixture(name).to_str().unwrap(), "repo"]);
+    dir
+}
+
+/// A new repository with the given files committed.
+pub fn repo_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-qm", "test repository"]);
+    dir
+}
