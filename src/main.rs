@@ -4,10 +4,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use berth_builder::{BuildEvent, BuildRequest, Engine, Phase};
+use berth_builder::{BuildEvent, BuildOutcome, BuildRequest, Engine, Phase};
+use berth_launcher::{Backend, DockerBackend, Limits, OpenPath, SessionSpec, SessionStatus};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -22,6 +23,162 @@ struct Cli {
 enum Command {
     /// Build (or reuse) the image of a repository at a ref; prints the image on stdout.
     Build(BuildArgs),
+    /// Build if needed, then start JupyterLab with a Dask cluster; prints the URL.
+    Launch(LaunchArgs),
+    /// Build if needed, run a command in the session container with the cluster attached,
+    /// stream its output, remove everything, and exit with the command's status.
+    Run(RunArgs),
+    /// List sessions.
+    Ls {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a session's number of Dask workers (retiring workers moves their results first).
+    Scale {
+        /// The session id (see berth ls).
+        session: String,
+        /// The number of workers wanted.
+        #[arg(allow_negative_numbers = true)]
+        workers: i64,
+    },
+    /// Stop sessions: remove their containers and network.
+    Stop {
+        /// The session id (see berth ls).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        session: Option<String>,
+        /// Stop every session.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print the logs of a session's containers.
+    Logs {
+        /// The session id (see berth ls).
+        session: String,
+    },
+    /// Stop sessions whose Jupyter server has been idle for longer than --max-idle.
+    Cull {
+        /// Idle time after which a session is stopped (e.g. 30m, 2h).
+        #[arg(long, env = "BERTH_MAX_IDLE", default_value = "1h", value_parser = humantime::parse_duration)]
+        max_idle: Duration,
+        /// Only consider these sessions (default: all).
+        sessions: Vec<String>,
+    },
+}
+
+/// Options of the session's containers.
+#[derive(Args, Clone)]
+struct SessionOpts {
+    /// Dask workers to start (0: no cluster).
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// The most workers `berth scale` may reach.
+    #[arg(long, env = "BERTH_MAX_WORKERS", default_value_t = 16)]
+    max_workers: u32,
+    /// Memory limit per container, in bytes or with a K, M, G or T suffix (powers of 1024).
+    #[arg(long, env = "BERTH_MEMORY", value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// CPU limit per container (e.g. 1.5).
+    #[arg(long, env = "BERTH_CPUS")]
+    cpus: Option<f64>,
+    /// Process limit per container.
+    #[arg(long, env = "BERTH_PIDS", default_value_t = 4096)]
+    pids: u64,
+    /// Host address Jupyter and the dashboard are published on.
+    #[arg(long, env = "BERTH_BIND", default_value = "127.0.0.1")]
+    bind: String,
+    /// Seconds to wait for the session to be ready.
+    #[arg(long, default_value_t = 180)]
+    ready_timeout: u64,
+}
+
+impl SessionOpts {
+    fn spec(&self, image: &str, source: &str) -> SessionSpec {
+        let mut spec = SessionSpec::new(image);
+        spec.name_hint = berth_builder::default_image_repo(source)
+            .trim_start_matches("berth/")
+            .to_string();
+        spec.workers = self.workers;
+        spec.max_workers = self.max_workers;
+        spec.limits = Limits {
+            memory_bytes: self.memory,
+            millicpus: self.cpus.map(|c| (c * 1000.0).round().max(1.0) as u64),
+            pids: self.pids,
+        };
+        spec.bind_ip = self.bind.clone();
+        spec.ready_timeout = Duration::from_secs(self.ready_timeout);
+        spec
+    }
+}
+
+/// Parses a byte count: `1073741824`, `512M`, `2G`, `1.5GiB`.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+#[derive(Args)]
+#[group(id = "open", multiple = false)]
+struct OpenOpts {
+    /// URL path to open, as BinderHub's urlpath (e.g. lab/tree/index.ipynb).
+    #[arg(long, group = "open")]
+    urlpath: Option<String>,
+    /// Path to open in JupyterLab, as BinderHub's labpath.
+    #[arg(long, group = "open")]
+    labpath: Option<String>,
+    /// File of the repository to open, as BinderHub's filepath.
+    #[arg(long, group = "open")]
+    filepath: Option<String>,
+}
+
+impl OpenOpts {
+    fn open(&self) -> Option<OpenPath> {
+        if let Some(p) = &self.urlpath {
+            Some(OpenPath::UrlPath(p.clone()))
+        } else if let Some(p) = &self.labpath {
+            Some(OpenPath::LabPath(p.clone()))
+        } else {
+            self.filepath.as_ref().map(|p| OpenPath::FilePath(p.clone()))
+        }
+    }
+}
+
+#[derive(Args)]
+struct LaunchArgs {
+    #[command(flatten)]
+    opts: BuildOpts,
+    #[command(flatten)]
+    session: SessionOpts,
+    #[command(flatten)]
+    open: OpenOpts,
+    /// Host port for Jupyter (default: a free one).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Print one JSON object instead of the URL.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    opts: BuildOpts,
+    #[command(flatten)]
+    session: SessionOpts,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
 }
 
 /// Options shared by every command that builds.
@@ -118,6 +275,42 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Build(args) => build(args).await,
+        Command::Launch(args) => launch(args).await,
+        Command::Run(args) => run_command(args).await,
+        Command::Ls { json } => ls(json).await,
+        Command::Scale { session, workers } => {
+            let workers = u32::try_from(workers)
+                .map_err(|_| anyhow::anyhow!("cannot scale session {session} to {workers} workers: the count must be 0 or more"))?;
+            let backend = DockerBackend::connect().await?;
+            let s = backend.scale(&session, workers).await?;
+            println!("{} now has {} workers", s.id, s.workers);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { session, all } => {
+            let backend = DockerBackend::connect().await?;
+            let ids = match session {
+                Some(s) if !all => vec![s],
+                _ => backend.list().await?.into_iter().map(|s| s.id).collect(),
+            };
+            for id in ids {
+                backend.stop(&id).await?;
+                eprintln!("stopped {id}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logs { session } => {
+            let backend = DockerBackend::connect().await?;
+            print!("{}", backend.logs(&session).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cull { max_idle, sessions } => {
+            let backend = DockerBackend::connect().await?;
+            let only = (!sessions.is_empty()).then_some(sessions.as_slice());
+            for id in berth_launcher::cull(&backend, max_idle, only).await? {
+                println!("{id}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -211,16 +404,122 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let engine = Engine::connect().await?;
-    let progress = Progress::new();
-    let report = |ev: BuildEvent| progress.event(ev);
-    let outcome = berth_builder::build(&engine, &req, &report).await;
-    progress.finish();
-    let outcome = outcome.context(format!("cannot build {}", req.source))?;
+    let outcome = build_with_progress(&req).await?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
         println!("{}", outcome.image);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Builds (or reuses) with progress on stderr.
+async fn build_with_progress(req: &BuildRequest) -> anyhow::Result<BuildOutcome> {
+    let engine = Engine::connect().await?;
+    let progress = Progress::new();
+    let report = |ev: BuildEvent| progress.event(ev);
+    let outcome = berth_builder::build(&engine, req, &report).await;
+    progress.finish();
+    outcome.with_context(|| format!("cannot build {}", req.source))
+}
+
+fn session_labels(outcome: &BuildOutcome, req: &BuildRequest) -> Vec<(String, String)> {
+    vec![
+        ("berth.repo_url".into(), req.source.clone()),
+        ("berth.ref".into(), req.reference.clone().unwrap_or_else(|| "HEAD".into())),
+        ("berth.commit".into(), outcome.commit.clone()),
+    ]
+}
+
+async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let req = args.opts.request();
+    // Check what can be checked before anything is built or started.
+    if let Some(open) = args.open.open() {
+        open.url_path()?;
+    }
+    let backend = DockerBackend::connect().await?;
+    let outcome = build_with_progress(&req).await?;
+    let mut spec = args.session.spec(&outcome.image, &req.source);
+    spec.open = args.open.open();
+    spec.port = args.port;
+    spec.labels = session_labels(&outcome, &req);
+    eprintln!("berth: starting session ({} workers)", spec.workers);
+    let session = backend.start(&spec).await?;
+    if args.json {
+        let v = serde_json::json!({
+            "session": session.id,
+            "url": session.url,
+            "token": session.token,
+            "image": session.image,
+            "workers": session.workers,
+            "dashboard_url": session.dashboard_url,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{v}");
+    } else {
+        if let Some(d) = &session.dashboard_url {
+            eprintln!("berth: session {} ready; Dask dashboard at {d}", session.id);
+        }
+        println!("{}", session.url);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let req = args.opts.request();
+    let backend = DockerBackend::connect().await?;
+    let outcome = build_with_progress(&req).await?;
+    let mut spec = args.session.spec(&outcome.image, &req.source);
+    spec.command = Some(args.command.clone());
+    spec.labels = session_labels(&outcome, &req);
+    let session = backend.start(&spec).await?;
+    eprintln!("berth: session {} running the command", session.id);
+    let result = tokio::select! {
+        r = backend.attach(&session.id) => r.map(Some),
+        _ = tokio::signal::ctrl_c() => Ok(None),
+    };
+    let stopped = backend.stop(&session.id).await;
+    let code = match result? {
+        Some(code) => code,
+        None => 130,
+    };
+    stopped?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+async fn ls(json: bool) -> anyhow::Result<ExitCode> {
+    let backend = DockerBackend::connect().await?;
+    let sessions = backend.list().await?;
+    if json {
+        println!("{}", serde_json::to_string(&sessions)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = chrono_now();
+    println!("{:<28} {:<8} {:<9} {:<9} {:<40} URL", "SESSION", "AGE", "WORKERS", "STATUS", "IMAGE");
+    for s in sessions {
+        let age = Duration::from_secs(now.saturating_sub(s.created).max(0) as u64);
+        let status = match s.status {
+            SessionStatus::Running => "running",
+            SessionStatus::Degraded => "degraded",
+            SessionStatus::Stopped => "stopped",
+        };
+        println!(
+            "{:<28} {:<8} {:<9} {:<9} {:<40} {}",
+            s.id,
+            humantime::format_duration(Duration::from_secs(age.as_secs() / 60 * 60)).to_string().replace(' ', ""),
+            format!("{}/{}", s.workers, s.workers_wanted),
+            status,
+            s.image,
+            s.url
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

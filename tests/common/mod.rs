@@ -2,6 +2,8 @@
 //! real fixture repositories in `../shared/fixtures/repos`.
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
@@ -155,4 +157,60 @@ pub fn repo_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     git(dir.path(), &["add", "-A"]);
     git(dir.path(), &["commit", "-qm", "test repository"]);
     dir
+}
+
+/// The result of `berth launch --json`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Launched {
+    pub session: String,
+    pub url: String,
+    pub token: String,
+    pub image: String,
+    pub workers: u32,
+    pub dashboard_url: Option<String>,
+    pub seconds: f64,
+}
+
+/// `berth launch SOURCE --json EXTRA…`, which must succeed.
+pub fn launch(source: &Path, extra: &[&str]) -> Launched {
+    let _g = build_lock();
+    let mut args = vec!["launch", source.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = run_berth(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "berth launch {source:?} failed:\n{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not the JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Containers and networks labelled with a session, as `docker` lists them.
+pub fn session_leftovers(session: &str) -> (usize, usize) {
+    let filter = format!("label=berth.session={session}");
+    let c = docker(&["ps", "-aq", "--filter", &filter]).lines().count();
+    let n = docker(&["network", "ls", "-q", "--filter", &filter]).lines().count();
+    (c, n)
+}
+
+/// `berth ls --json`, parsed.
+pub fn ls() -> Vec<serde_json::Value> {
+    let out = run_berth(&["ls", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The entry of `berth ls --json` for one session.
+pub fn ls_session(session: &str) -> serde_json::Value {
+    ls().into_iter()
+        .find(|s| s["id"] == session)
+        .unwrap_or_else(|| panic!("session {session} is not listed"))
+}
+
+/// Stops a session when dropped, so a failing test leaves nothing running.
+pub struct StopOnDrop(pub String);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = run_berth(&["stop", &self.0]);
+    }
 }

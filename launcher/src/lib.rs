@@ -1,0 +1,301 @@
+//! berth's launcher: a session is a Jupyter server plus a Dask scheduler and workers, all from
+//! the same image, on a private network.
+//!
+//! Everything above [`Backend`] is independent of where containers run; [`DockerBackend`] is the
+//! embedded default. A Kubernetes backend implements the same trait. Sessions keep no state
+//! outside the backend: they are found again from labels, so a new process (or a restarted
+//! server) sees every running session.
+
+mod docker;
+pub mod probe;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use docker::DockerBackend;
+
+/// Errors of the launcher. Each displays as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// No session has that id.
+    #[error("no session {0:?} (see berth ls)")]
+    UnknownSession(String),
+    /// A worker count outside `0..=max`.
+    #[error("cannot scale session {session} to {wanted} workers: the maximum is {max}")]
+    TooManyWorkers {
+        /// The session.
+        session: String,
+        /// The count asked for.
+        wanted: u32,
+        /// The session's maximum.
+        max: u32,
+    },
+    /// The image to start from does not exist (any more).
+    #[error("image {0} does not exist; build it again with berth build")]
+    ImageMissing(String),
+    /// The requested host port is in use.
+    #[error("port {0} is already in use on the host; choose another with --port or leave it out")]
+    PortTaken(u16),
+    /// A path to open that would leave the session (`..`, an absolute URL).
+    #[error("invalid path {0:?}: it must be a relative path inside the session")]
+    InvalidPath(String),
+    /// The session did not become ready in time.
+    #[error("session {session} was not ready after {seconds} s: {reason}")]
+    NotReady {
+        /// The session.
+        session: String,
+        /// How long berth waited, in seconds.
+        seconds: u64,
+        /// What was missing.
+        reason: String,
+    },
+    /// No container engine answers.
+    #[error("cannot reach the Docker engine: {0}")]
+    EngineUnavailable(String),
+    /// The engine answered with an error.
+    #[error("Docker engine: {0}")]
+    Engine(String),
+    /// The Dask scheduler refused an operation.
+    #[error("Dask scheduler: {0}")]
+    Scheduler(String),
+}
+
+/// Resource limits of every container of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory limit per container, in bytes; `None` for none.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit per container, in thousandths of a CPU; `None` for none.
+    pub millicpus: Option<u64>,
+    /// Maximum number of processes per container.
+    pub pids: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: None,
+            millicpus: None,
+            pids: 4096,
+        }
+    }
+}
+
+/// What to open in JupyterLab, as BinderHub's `urlpath`, `labpath` and `filepath`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpenPath {
+    /// A server URL path, such as `lab/tree/index.ipynb` or `voila/render/x.ipynb`.
+    UrlPath(String),
+    /// A path in JupyterLab's file browser.
+    LabPath(String),
+    /// A file in the repository, opened in JupyterLab.
+    FilePath(String),
+}
+
+impl OpenPath {
+    /// The URL path (no leading `/`) this opens, as BinderHub builds it.
+    ///
+    /// # Errors
+    /// [`LaunchError::InvalidPath`] for a path with `..`, a scheme, a leading `/` or `//`,
+    /// a backslash or control characters.
+    pub fn url_path(&self) -> Result<String, LaunchError> {
+        let (raw, prefix) = match self {
+            OpenPath::UrlPath(p) => (p, ""),
+            OpenPath::LabPath(p) | OpenPath::FilePath(p) => (p, "lab/tree/"),
+        };
+        let p = raw.trim_start_matches('/');
+        let bad = raw.starts_with("//")
+            || p.contains("://")
+            || p.contains('\\')
+            || p.chars().any(|c| c.is_control())
+            || p.split(['/', '?', '#']).any(|seg| seg == ".." || seg == "%2e%2e" || seg == "%2E%2E");
+        if bad {
+            return Err(LaunchError::InvalidPath(raw.clone()));
+        }
+        Ok(format!("{prefix}{p}"))
+    }
+}
+
+/// How to start a session.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    /// The image every container runs.
+    pub image: String,
+    /// A short name the session id starts with (the repository's name).
+    pub name_hint: String,
+    /// Dask workers to start; 0 starts no scheduler either.
+    pub workers: u32,
+    /// The most workers `scale` may reach.
+    pub max_workers: u32,
+    /// Limits of each container.
+    pub limits: Limits,
+    /// Host address Jupyter and the dashboard are published on.
+    pub bind_ip: String,
+    /// Host port for Jupyter; `None` lets the engine choose a free one.
+    pub port: Option<u16>,
+    /// Jupyter's base URL, starting and ending with `/` (`/user/<session>/` behind a proxy).
+    /// `None` means `/`.
+    pub base_url: Option<String>,
+    /// What to open.
+    pub open: Option<OpenPath>,
+    /// Instead of Jupyter, run this command in the session container (for `berth run`).
+    pub command: Option<Vec<String>>,
+    /// Extra labels for every container and the network (repository, ref, commit).
+    pub labels: Vec<(String, String)>,
+    /// Where the repository lives in the image (`$REPO_DIR`); put on the workers' and the
+    /// scheduler's `PYTHONPATH`, so tasks can import the repository's own modules.
+    pub repo_dir: String,
+    /// How long to wait for readiness.
+    pub ready_timeout: Duration,
+}
+
+impl SessionSpec {
+    /// A spec for `image` with the defaults: 2 workers, at most 16, no limits but pids,
+    /// published on 127.0.0.1 at a free port.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            name_hint: "session".into(),
+            workers: 2,
+            max_workers: 16,
+            limits: Limits::default(),
+            bind_ip: "127.0.0.1".into(),
+            port: None,
+            base_url: None,
+            open: None,
+            command: None,
+            labels: Vec::new(),
+            repo_dir: "/home/jovyan".into(),
+            ready_timeout: Duration::from_secs(180),
+        }
+    }
+}
+
+/// How a session is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Jupyter (or the command) and every worker run.
+    Running,
+    /// Jupyter runs, but some workers have stopped.
+    Degraded,
+    /// The session container has stopped.
+    Stopped,
+}
+
+/// A session as the backend sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    /// The session id (`<name>-<8 hex>`).
+    pub id: String,
+    /// The URL to open, with the token.
+    pub url: String,
+    /// Jupyter's token.
+    pub token: String,
+    /// The image.
+    pub image: String,
+    /// Workers running.
+    pub workers: u32,
+    /// Workers the session should have.
+    pub workers_wanted: u32,
+    /// The most workers `scale` may reach.
+    pub max_workers: u32,
+    /// The Dask dashboard's URL, when there is a cluster.
+    pub dashboard_url: Option<String>,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: i64,
+    /// How the session is doing.
+    pub status: SessionStatus,
+}
+
+/// Where sessions run. Nothing above this trait knows which engine it is.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync {
+    /// Starts a session and returns once Jupyter answers (or the command started) and the
+    /// scheduler sees every worker. On failure nothing of the session is left.
+    async fn start(&self, spec: &SessionSpec) -> Result<Session, LaunchError>;
+    /// All sessions.
+    async fn list(&self) -> Result<Vec<Session>, LaunchError>;
+    /// One session.
+    async fn get(&self, id: &str) -> Result<Session, LaunchError>;
+    /// Adds workers, or retires them through the scheduler (so results they hold move to the
+    /// others) and removes their containers. Returns once the scheduler sees `workers`.
+    async fn scale(&self, id: &str, workers: u32) -> Result<Session, LaunchError>;
+    /// Removes every container and the network of a session.
+    async fn stop(&self, id: &str) -> Result<(), LaunchError>;
+    /// The logs of the session's containers, each line prefixed with its role.
+    async fn logs(&self, id: &str) -> Result<String, LaunchError>;
+    /// Streams the session container's output to stdout/stderr until it exits; returns its
+    /// exit status (for `berth run`).
+    async fn attach(&self, id: &str) -> Result<i64, LaunchError>;
+    /// When the session's Jupyter server last saw activity; `None` when it cannot tell.
+    async fn last_activity(&self, id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError>;
+}
+
+/// Stops every session (or every one of `only`) whose Jupyter server reported no activity for
+/// `max_idle`; returns the ids stopped. Sessions whose activity cannot be read are kept.
+///
+/// # Errors
+/// [`LaunchError`] from listing; errors stopping one session are logged and skipped.
+pub async fn cull(
+    backend: &dyn Backend,
+    max_idle: Duration,
+    only: Option<&[String]>,
+) -> Result<Vec<String>, LaunchError> {
+    let now = chrono::Utc::now();
+    let mut stopped = Vec::new();
+    for s in backend.list().await? {
+        if only.is_some_and(|o| !o.contains(&s.id)) {
+            continue;
+        }
+        let last = match backend.last_activity(&s.id).await {
+            Ok(Some(t)) => t,
+            _ => continue,
+        };
+        let idle = (now - last).to_std().unwrap_or_default();
+        if idle >= max_idle {
+            tracing::info!(session = %s.id, idle_seconds = idle.as_secs(), "culling idle session");
+            match backend.stop(&s.id).await {
+                Ok(()) => stopped.push(s.id),
+                Err(e) => tracing::warn!(session = %s.id, error = %e, "cannot cull"),
+            }
+        }
+    }
+    Ok(stopped)
+}
+
+/// A random token of 32 hex digits (128 bits).
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // getrandom only fails where the OS has no random source at all.
+    if getrandom::fill(&mut buf).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        buf.iter_mut().enumerate().for_each(|(i, b)| *b = (t >> (i % 16 * 8)) as u8);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_paths() {
+        assert_eq!(OpenPath::LabPath("index.ipynb".into()).url_path().unwrap(), "lab/tree/index.ipynb");
+        assert_eq!(OpenPath::UrlPath("/voila/render/a.ipynb".into()).url_path().unwrap(), "voila/render/a.ipynb");
+        for bad in ["../x", "a/../../b", "http://evil.example/", "//evil.example", "a\\b", "x/%2e%2e/y"] {
+            assert!(OpenPath::UrlPath(bad.into()).url_path().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_random() {
+        let a = random_hex(16);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_hex(16));
+    }
+}

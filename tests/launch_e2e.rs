@@ -1,0 +1,268 @@
+//! End to end: sessions with a Dask cluster (`berth launch`, `run`, `ls`, `scale`, `stop`,
+//! `logs`, `cull`) on the real Docker engine and the real fixture repositories.
+
+mod common;
+
+use common::kernel::{execute, server_of};
+use common::*;
+
+const CLUSTER_CHECK: &str = r#"
+from distributed import Client
+import dask.array as da
+c = Client()
+n = len(c.scheduler_info()["workers"])
+total = int(da.ones((2000, 2000), chunks=(250, 250)).sum().compute())
+assert total == 4_000_000, total
+print("WORKERS", n, "TOTAL", total)
+"#;
+
+#[test]
+fn run_attaches_the_cluster_and_passes_the_exit_status() {
+    let conda = fixture("conda");
+    let out = {
+        let _g = build_lock();
+        berth()
+            .args(["run", conda.to_str().unwrap(), "--workers", "2", "--", "python", "-c"])
+            .arg(format!(
+                "{CLUSTER_CHECK}\nassert n == 2, n\nimport os\nprint('TOKEN_SET', bool(os.environ.get('JUPYTER_TOKEN')))"
+            ))
+            .output()
+            .unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("WORKERS 2 TOTAL 4000000"), "{stdout}");
+
+    let out = {
+        let _g = build_lock();
+        berth()
+            .args(["run", conda.to_str().unwrap(), "--workers", "1", "--", "python", "-c"])
+            .arg("import sys; print('failing on purpose'); sys.exit(3)")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("failing on purpose"));
+    // Everything `run` started is gone.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("berth: session ")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("run names its session:\n{stderr}"));
+    assert_eq!(session_leftovers(id), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn launch_execute_scale_kill_and_stop() {
+    let conda = fixture("conda");
+    let launched = tokio::task::spawn_blocking(move || launch(&conda, &["--workers", "2"]))
+        .await
+        .unwrap();
+    let _stop = StopOnDrop(launched.session.clone());
+    assert_eq!(launched.workers, 2);
+    assert_eq!(launched.token.len(), 32);
+    assert!(launched.url.starts_with("http://127.0.0.1:"), "{}", launched.url);
+    let (base, token) = server_of(&launched.url, "lab");
+    assert_eq!(token, launched.token);
+
+    // Jupyter refuses requests without the token.
+    let anon = reqwest::Client::builder().no_proxy().build().unwrap();
+    let status = anon.get(format!("{base}api/kernels")).send().await.unwrap().status();
+    assert_eq!(status.as_u16(), 403);
+
+    let cell = execute(&base, &token, CLUSTER_CHECK).await;
+    assert_eq!(cell.error, None, "{}", cell.output);
+    assert!(cell.output.contains("WORKERS 2 TOTAL 4000000"), "{}", cell.output);
+
+    // The dashboard is reachable from the host.
+    let dash = launched.dashboard_url.clone().expect("a dashboard");
+    let counts: serde_json::Value = anon
+        .get(dash.replace("/status", "/json/counts.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counts["workers"], 2);
+
+    let session = launched.session.clone();
+    let scale = |n: &'static str| {
+        let s = session.clone();
+        tokio::task::spawn_blocking(move || run_berth(&["scale", &s, n]))
+    };
+    let out = scale("3").await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cell = execute(&base, &token, CLUSTER_CHECK).await;
+    assert!(cell.output.contains("WORKERS 3 "), "{cell:?}");
+
+    // A worker killed from outside: the session keeps working, and ls says so.
+    let worker = docker(&["ps", "-q", "--filter", &format!("label=berth.session={session}"), "--filter", "label=berth.role=worker"]);
+    let victim = worker.lines().next().unwrap().to_string();
+    docker(&["kill", &victim]);
+    let entry = tokio::task::spawn_blocking({
+        let s = session.clone();
+        move || ls_session(&s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(entry["status"], "degraded");
+    assert_eq!(entry["workers"], 2);
+    assert_eq!(entry["workers_wanted"], 3);
+    let cell = execute(&base, &token, CLUSTER_CHECK).await;
+    assert_eq!(cell.error, None, "{}", cell.output);
+    assert!(cell.output.contains("TOTAL 4000000"), "{}", cell.output);
+
+    let out = scale("1").await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cell = execute(&base, &token, CLUSTER_CHECK).await;
+    assert!(cell.output.contains("WORKERS 1 "), "{cell:?}");
+    let entry = tokio::task::spawn_blocking({
+        let s = session.clone();
+        move || ls_session(&s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(entry["status"], "running");
+
+    // Bad scale requests change nothing.
+    let out = scale("99").await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the maximum is 16"));
+    let out = scale("-1").await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be 0 or more"));
+
+    let logs = run_berth(&["logs", &session]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("-scheduler | "));
+
+    let out = run_berth(&["stop", &session]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(session_leftovers(&session), (0, 0));
+    let out = run_berth(&["stop", &session]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no session"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_commit_launches_without_environment_build() {
+    let dir = clone_fixture("conda");
+    let repo = dir.path().join("repo");
+    let nb = std::fs::read_to_string(repo.join("index.ipynb")).unwrap();
+    let marker = "berth-launch-notebook-only-5c1e";
+    std::fs::write(repo.join("index.ipynb"), nb.replacen("## Setup plotting", &format!("## Setup plotting {marker}"), 1)).unwrap();
+    std::fs::write(repo.join("berthmod.py"), "def answer():\n    return 42\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "notebook edit and a module"]);
+
+    let base_env = build(&fixture("conda"), &[]).env_hash;
+    let built = build(&repo, &[]);
+    assert_eq!(built.env_hash, base_env);
+    assert!(built.cached_env, "a content-only commit must not build the environment");
+
+    let launched = tokio::task::spawn_blocking({
+        let repo = repo.clone();
+        move || launch(&repo, &["--workers", "1", "--labpath", "index.ipynb"])
+    })
+    .await
+    .unwrap();
+    let _stop = StopOnDrop(launched.session.clone());
+    assert!(launched.url.contains("/lab/tree/index.ipynb?token="), "{}", launched.url);
+    let (base, token) = server_of(&launched.url, "lab/tree/index.ipynb");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let nb: serde_json::Value = client
+        .get(format!("{base}api/contents/index.ipynb"))
+        .header("Authorization", format!("token {token}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(nb["content"].to_string().contains(marker));
+    // Workers run the same image, so they import the repository's own modules.
+    let cell = execute(
+        &base,
+        &token,
+        "from distributed import Client\nimport berthmod\nprint('ANSWER', Client().submit(berthmod.answer).result())",
+    )
+    .await;
+    assert_eq!(cell.error, None, "{}", cell.output);
+    assert!(cell.output.contains("ANSWER 42"), "{}", cell.output);
+}
+
+#[test]
+fn cull_stops_idle_sessions_only() {
+    let launched = launch(&fixture("conda"), &["--workers", "0"]);
+    let _stop = StopOnDrop(launched.session.clone());
+    let out = run_berth(&["cull", "--max-idle", "1h", &launched.session]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&launched.session));
+    assert_eq!(ls_session(&launched.session)["status"], "running");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Only this test's session: the other tests' sessions run in parallel.
+    let out = run_berth(&["cull", "--max-idle", "1s", &launched.session]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&launched.session));
+    assert_eq!(session_leftovers(&launched.session), (0, 0));
+}
+
+#[test]
+fn bad_launch_input_leaves_nothing() {
+    let conda = fixture("conda");
+    let before = all_containers();
+    let out = run_berth(&["launch", conda.to_str().unwrap(), "--urlpath", "../../etc/passwd"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid path"));
+
+    // A port that is taken.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let out = {
+        let _g = build_lock();
+        run_berth(&["launch", conda.to_str().unwrap(), "--workers", "1", "--port", &port])
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.lines().last().unwrap().contains(&format!("port {port} is already in use")), "{err}");
+    assert_eq!(all_containers(), before, "a failed launch leaves no container");
+    let nets = docker(&["network", "ls", "-q", "--filter", "label=berth.session"]);
+    let sessions: Vec<_> = ls().into_iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    for net in nets.lines() {
+        let name = docker(&["network", "inspect", "--format", "{{index .Labels \"berth.session\"}}", net]);
+        assert!(sessions.contains(&name.trim().to_string()), "orphaned network {net}");
+    }
+
+    for args in [vec!["scale", "no-such-session", "2"], vec!["stop", "no-such-session"], vec!["logs", "no-such-session"]] {
+        let out = run_berth(&args);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no session \"no-such-session\""));
+    }
+
+    let out = berth()
+        .args(["ls"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Docker engine"));
+}
+
+#[test]
+fn scale_fails_clearly_when_the_image_vanished() {
+    // A private copy of the image, so removing it disturbs no other test.
+    let built = build(&fixture("setup.py"), &[]);
+    let private = format!("berth-test/vanishing:{}", std::process::id());
+    docker(&["tag", &built.image, &private]);
+    let out = {
+        let _g = build_lock();
+        run_berth(&["launch", fixture("setup.py").to_str().unwrap(), "--image-name", &private, "--workers", "1", "--json"])
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let launched: Launched = serde_json::from_slice(&out.stdout).unwrap();
+    let _stop = StopOnDrop(launched.session.clone());
+    docker(&["rmi", "-f", &private]);
+    let out = run_berth(&["scale", &launched.session, "2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("image {private} does not exist")), "{err}");
+}
