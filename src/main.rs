@@ -13,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Turn a Git repository into a reproducible analysis environment")]
+#[command(
+    name = "berth",
+    version,
+    about = "Turn a Git repository into a reproducible analysis environment"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,10 +118,17 @@ impl SessionOpts {
 /// Parses a byte count: `1073741824`, `512M`, `2G`, `1.5GiB`.
 fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+    let mult: u64 = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
         "" => 1,
         "k" => 1 << 10,
         "m" => 1 << 20,
@@ -149,7 +160,9 @@ impl OpenOpts {
         } else if let Some(p) = &self.labpath {
             Some(OpenPath::LabPath(p.clone()))
         } else {
-            self.filepath.as_ref().map(|p| OpenPath::FilePath(p.clone()))
+            self.filepath
+                .as_ref()
+                .map(|p| OpenPath::FilePath(p.clone()))
         }
     }
 }
@@ -206,10 +219,19 @@ struct BuildOpts {
     #[arg(long, env = "BERTH_BASE_IMAGE", default_value = berth_builder::DEFAULT_BASE_IMAGE)]
     base_image: String,
     /// Python versions (X.Y) the base image provides, default first.
-    #[arg(long, env = "BERTH_PYTHON_VERSIONS", value_delimiter = ',', default_value = "3.11")]
+    #[arg(
+        long,
+        env = "BERTH_PYTHON_VERSIONS",
+        value_delimiter = ',',
+        default_value = "3.11"
+    )]
     python_versions: Vec<String>,
     /// Debian mirror used to create a missing base image.
-    #[arg(long, env = "BERTH_DEBIAN_MIRROR", default_value = "http://deb.debian.org/debian")]
+    #[arg(
+        long,
+        env = "BERTH_DEBIAN_MIRROR",
+        default_value = "http://deb.debian.org/debian"
+    )]
     debian_mirror: String,
     /// Refuse repositories whose files add up to more than this many bytes.
     #[arg(long, env = "BERTH_MAX_REPO_BYTES", default_value_t = berth_builder::DEFAULT_MAX_REPO_BYTES)]
@@ -426,7 +448,10 @@ async fn build_with_progress(req: &BuildRequest) -> anyhow::Result<BuildOutcome>
 fn session_labels(outcome: &BuildOutcome, req: &BuildRequest) -> Vec<(String, String)> {
     vec![
         ("berth.repo_url".into(), req.source.clone()),
-        ("berth.ref".into(), req.reference.clone().unwrap_or_else(|| "HEAD".into())),
+        (
+            "berth.ref".into(),
+            req.reference.clone().unwrap_or_else(|| "HEAD".into()),
+        ),
         ("berth.commit".into(), outcome.commit.clone()),
     ]
 }
@@ -480,10 +505,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => Ok(None),
     };
     let stopped = backend.stop(&session.id).await;
-    let code = match result? {
-        Some(code) => code,
-        None => 130,
-    };
+    // Interrupted (Ctrl-C): 130, as a shell reports SIGINT.
+    let code = result?.unwrap_or(130);
     stopped?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
@@ -496,7 +519,10 @@ async fn ls(json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = chrono_now();
-    println!("{:<28} {:<8} {:<9} {:<9} {:<40} URL", "SESSION", "AGE", "WORKERS", "STATUS", "IMAGE");
+    println!(
+        "{:<28} {:<8} {:<9} {:<9} {:<40} URL",
+        "SESSION", "AGE", "WORKERS", "STATUS", "IMAGE"
+    );
     for s in sessions {
         let age = Duration::from_secs(now.saturating_sub(s.created).max(0) as u64);
         let status = match s.status {
@@ -507,7 +533,9 @@ async fn ls(json: bool) -> anyhow::Result<ExitCode> {
         println!(
             "{:<28} {:<8} {:<9} {:<9} {:<40} {}",
             s.id,
-            humantime::format_duration(Duration::from_secs(age.as_secs() / 60 * 60)).to_string().replace(' ', ""),
+            humantime::format_duration(Duration::from_secs(age.as_secs() / 60 * 60))
+                .to_string()
+                .replace(' ', ""),
             format!("{}/{}", s.workers, s.workers_wanted),
             status,
             s.image,

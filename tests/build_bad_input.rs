@@ -29,11 +29,23 @@ fn fails(args: &[&str]) -> String {
     assert!(!out.status.success(), "berth {full:?} succeeded:\n{stderr}");
     assert!(out.stdout.is_empty(), "stdout must stay empty on failure");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "exactly one error line expected:\n{stderr}");
-    assert_eq!(stderr.lines().last(), Some(errors[0]), "the error is the last line:\n{stderr}");
+    assert_eq!(
+        errors.len(),
+        1,
+        "exactly one error line expected:\n{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().last(),
+        Some(errors[0]),
+        "the error is the last line:\n{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(images(), images_before, "no image may be tagged");
-    assert_eq!(all_containers(), containers_before, "no container may be left");
+    assert_eq!(
+        all_containers(),
+        containers_before,
+        "no container may be left"
+    );
     errors[0].to_string()
 }
 
@@ -44,7 +56,10 @@ fn p(dir: &Path) -> &str {
 #[test]
 fn unreachable_url() {
     let e = fails(&["git://127.0.0.1:9/nothing.git"]);
-    assert!(e.contains("cannot fetch git://127.0.0.1:9/nothing.git"), "{e}");
+    assert!(
+        e.contains("cannot fetch git://127.0.0.1:9/nothing.git"),
+        "{e}"
+    );
     let e = fails(&["http://127.0.0.1:9/nothing.git"]);
     assert!(e.contains("cannot fetch"), "{e}");
 }
@@ -71,7 +86,10 @@ fn unknown_and_malformed_refs() {
 
 #[test]
 fn both_binder_folders() {
-    let r = repo_with(&[("binder/requirements.txt", "numpy\n"), (".binder/requirements.txt", "pandas\n")]);
+    let r = repo_with(&[
+        ("binder/requirements.txt", "numpy\n"),
+        (".binder/requirements.txt", "pandas\n"),
+    ]);
     let e = fails(&[p(r.path())]);
     assert!(e.contains("both binder/ and .binder/ exist"), "{e}");
 }
@@ -106,7 +124,10 @@ fn symlink_out_of_the_repository() {
     git(r.path(), &["add", "-A"]);
     git(r.path(), &["commit", "-qm", "link out"]);
     let e = fails(&[p(r.path())]);
-    assert!(e.contains("symlink passwd points outside the repository"), "{e}");
+    assert!(
+        e.contains("symlink passwd points outside the repository"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -130,7 +151,14 @@ fn docker_not_running() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.trim_end().lines().last().unwrap().starts_with("error: cannot reach the Docker engine"), "{err}");
+    assert!(
+        err.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("error: cannot reach the Docker engine"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -10,7 +10,10 @@ fn assert_jupyter_image(image: &str) {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "1000", "{out}");
     assert_eq!(lines[1], "/home/jovyan", "{out}");
-    assert!(lines[2].starts_with('4'), "jupyter lab --version printed {out}");
+    assert!(
+        lines[2].starts_with('4'),
+        "jupyter lab --version printed {out}"
+    );
 }
 
 /// Executes a notebook of the repository inside the image (as a user would on a Binder).
@@ -21,7 +24,10 @@ fn execute_notebook(image: &str, notebook: &str) {
             "jupyter nbconvert --to notebook --execute --output-dir /tmp {notebook} 2>&1 && echo EXECUTED"
         ),
     );
-    assert!(out.contains("EXECUTED"), "notebook {notebook} failed:\n{out}");
+    assert!(
+        out.contains("EXECUTED"),
+        "notebook {notebook} failed:\n{out}"
+    );
 }
 
 #[test]
@@ -44,7 +50,11 @@ fn conda_fixture_builds_a_working_environment() {
          print(int(da.ones((1000, 1000), chunks=(100, 100)).sum().compute())); \
          print(len(ds.timeseries(start=\"2000-01-01\", end=\"2000-01-03\", freq=\"1h\")))'",
     );
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["1000000", "48"], "{out}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["1000000", "48"],
+        "{out}"
+    );
     let l = labels(&b.image);
     assert_eq!(l["berth.env_hash"], b.env_hash.as_str());
     assert_eq!(l["berth.commit"], b.commit.as_str());
@@ -71,7 +81,10 @@ fn requirements_fixture_needs_and_records_the_python_fallback() {
 
     let b = build(&fixture("requirements"), &["--python-fallback"]);
     assert_eq!(b.buildpack, "requirements");
-    let out = in_image(&b.image, "python -c 'import seaborn, numpy; print(\"IMPORTED\", numpy.__version__)'");
+    let out = in_image(
+        &b.image,
+        "python -c 'import seaborn, numpy; print(\"IMPORTED\", numpy.__version__)'",
+    );
     // The repository's pin wins over whatever the base packages would pull in.
     assert_eq!(out.trim(), "IMPORTED 2.2.2");
     assert_jupyter_image(&b.image);
@@ -84,7 +97,10 @@ fn requirements_fixture_needs_and_records_the_python_fallback() {
 fn apt_install_fixture_installs_packages_and_runs_post_build() {
     let b = build(&fixture("apt_install"), &[]);
     assert_eq!(b.buildpack, "python");
-    assert_eq!(in_image(&b.image, "command -v cowsay").trim(), "/usr/games/cowsay");
+    assert_eq!(
+        in_image(&b.image, "command -v cowsay").trim(),
+        "/usr/games/cowsay"
+    );
     assert!(in_image(&b.image, "cowsay moo").contains("moo"));
     assert_jupyter_image(&b.image);
     execute_notebook(&b.image, "index.ipynb");
@@ -95,12 +111,29 @@ fn apt_install_fixture_installs_packages_and_runs_post_build() {
     let mut post = std::fs::read_to_string(repo.join("postBuild")).unwrap();
     post.push_str("\nid -u > \"$HOME/.postbuild-ran\"\n");
     std::fs::write(repo.join("postBuild"), post).unwrap();
-    std::fs::write(repo.join("start"), "#!/bin/bash\nexport BERTH_START_RAN=yes\nexec \"$@\"\n").unwrap();
+    std::fs::write(
+        repo.join("start"),
+        "#!/bin/bash\nexport BERTH_START_RAN=yes\nexec \"$@\"\n",
+    )
+    .unwrap();
     git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-qm", "postBuild leaves a mark; start sets a variable"]);
+    git(
+        &repo,
+        &[
+            "commit",
+            "-qm",
+            "postBuild leaves a mark; start sets a variable",
+        ],
+    );
     let b2 = build(&repo, &[]);
-    assert_ne!(b2.env_hash, b.env_hash, "postBuild changed, so the environment must change");
-    assert_eq!(in_image(&b2.image, "cat $HOME/.postbuild-ran").trim(), "1000");
+    assert_ne!(
+        b2.env_hash, b.env_hash,
+        "postBuild changed, so the environment must change"
+    );
+    assert_eq!(
+        in_image(&b2.image, "cat $HOME/.postbuild-ran").trim(),
+        "1000"
+    );
     assert_eq!(in_image(&b2.image, "echo $BERTH_START_RAN").trim(), "yes");
 }
 
@@ -108,7 +141,10 @@ fn apt_install_fixture_installs_packages_and_runs_post_build() {
 fn setup_py_fixture_installs_the_local_package() {
     let b = build(&fixture("setup.py"), &[]);
     assert_eq!(b.buildpack, "setup.py");
-    let out = in_image(&b.image, "cd /tmp && python -c 'import mypackage; print(\"IMPORTED\", mypackage.__file__)'");
+    let out = in_image(
+        &b.image,
+        "cd /tmp && python -c 'import mypackage; print(\"IMPORTED\", mypackage.__file__)'",
+    );
     assert!(out.starts_with("IMPORTED /home/jovyan/mypackage"), "{out}");
     assert_jupyter_image(&b.image);
     execute_notebook(&b.image, "example_notebook/import_mypackage.ipynb");
@@ -121,18 +157,31 @@ fn notebook_only_commit_reuses_the_environment() {
     let repo = dir.path().join("repo");
     let nb = std::fs::read_to_string(repo.join("index.ipynb")).unwrap();
     let marker = "berth-notebook-only-change-7f3a";
-    let edited = nb.replacen("## Setup plotting", &format!("## Setup plotting {marker}"), 1);
+    let edited = nb.replacen(
+        "## Setup plotting",
+        &format!("## Setup plotting {marker}"),
+        1,
+    );
     assert_ne!(edited, nb, "the notebook has the heading this test edits");
     std::fs::write(repo.join("index.ipynb"), edited).unwrap();
     git(&repo, &["commit", "-qam", "edit the notebook only"]);
 
     let second = build(&repo, &[]);
     assert_eq!(second.env_hash, first.env_hash);
-    assert!(second.cached_env, "a notebook-only commit must not build the environment");
+    assert!(
+        second.cached_env,
+        "a notebook-only commit must not build the environment"
+    );
     assert_ne!(second.image, first.image);
     assert_ne!(second.commit, first.commit);
-    let grep = in_image(&second.image, &format!("grep -c {marker} $REPO_DIR/index.ipynb"));
+    let grep = in_image(
+        &second.image,
+        &format!("grep -c {marker} $REPO_DIR/index.ipynb"),
+    );
     assert_eq!(grep.trim(), "1");
-    let old = in_image(&first.image, &format!("grep -c {marker} $REPO_DIR/index.ipynb || true"));
+    let old = in_image(
+        &first.image,
+        &format!("grep -c {marker} $REPO_DIR/index.ipynb || true"),
+    );
     assert_eq!(old.trim(), "0");
 }

@@ -39,7 +39,8 @@ impl Tar {
             let dir = &path[..end + i];
             if self.dirs.insert(dir.to_string()) {
                 let mut h = Self::header(tar::EntryType::Directory, 0o755, 0);
-                self.builder.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
+                self.builder
+                    .append_data(&mut h, format!("{dir}/"), std::io::empty())?;
             }
             end += i + 1;
         }
@@ -52,6 +53,10 @@ impl Tar {
         self.builder.append_data(&mut h, path, data)
     }
 
+    fn dir(&mut self, path: &str) -> std::io::Result<()> {
+        self.parents(&format!("{path}/"))
+    }
+
     fn symlink(&mut self, path: &str, target: &str) -> std::io::Result<()> {
         self.parents(path)?;
         let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
@@ -61,7 +66,11 @@ impl Tar {
     fn entry(&mut self, path: &str, entry: &FileEntry, force_exec: bool) -> std::io::Result<()> {
         match entry {
             FileEntry::File { data, executable } => {
-                let mode = if *executable || force_exec { 0o755 } else { 0o644 };
+                let mode = if *executable || force_exec {
+                    0o755
+                } else {
+                    0o644
+                };
                 self.file(path, data, mode)
             }
             FileEntry::Symlink { target } => self.symlink(path, target),
@@ -101,6 +110,8 @@ pub fn env_context(
     }
     tar.file("Dockerfile", dockerfile.as_bytes(), 0o644)?;
     tar.file("berth/entrypoint", ENTRYPOINT_SCRIPT.as_bytes(), 0o755)?;
+    // `COPY repo/` needs the folder even when no spec file goes in it.
+    tar.dir("repo")?;
     if let Some(ca) = ca_cert {
         tar.file("berth/ca-certificates.crt", ca, 0o644)?;
     }
@@ -119,20 +130,38 @@ pub fn env_context(
 }
 
 /// The Dockerfile of the repository layer: the environment image plus the repository's files
-/// at `$REPO_DIR`, owned by the user.
-pub fn repo_dockerfile(env_image: &str, repo_dir: &str) -> String {
-    format!(
+/// at `$REPO_DIR`, owned by the user, and `labels` in one `LABEL` instruction (one build step,
+/// not one per label).
+pub fn repo_dockerfile(
+    env_image: &str,
+    repo_dir: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut out = format!(
         "# Rendered by berth: the repository's files on top of its environment image.\n\
          FROM {env_image}\n\
          COPY --chown=1000:1000 repo/ {repo_dir}/\n"
-    )
+    );
+    if !labels.is_empty() {
+        out.push_str("LABEL");
+        for (k, v) in labels {
+            out.push_str(&format!(" \\\n    {}={}", quote(k), quote(v)));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The context of the repository layer: its Dockerfile and every file under `repo/`.
 ///
 /// # Errors
 /// I/O errors of the in-memory archive.
-pub fn repo_context(plan: &BuildPlan, files: &RepoFiles, dockerfile: &str) -> std::io::Result<Vec<u8>> {
+pub fn repo_context(
+    plan: &BuildPlan,
+    files: &RepoFiles,
+    dockerfile: &str,
+) -> std::io::Result<Vec<u8>> {
     let mut tar = Tar::new();
     tar.file("Dockerfile", dockerfile.as_bytes(), 0o644)?;
     for (path, entry) in files.iter() {

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::query_parameters::{BuildImageOptions, CreateImageOptionsBuilder, RemoveImageOptionsBuilder};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateImageOptionsBuilder, RemoveImageOptionsBuilder,
+};
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncBufReadExt;
@@ -30,7 +32,11 @@ fn engine_err(e: bollard::errors::Error) -> BuildError {
 }
 
 fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 impl Engine {
@@ -40,9 +46,8 @@ impl Engine {
     /// # Errors
     /// [`BuildError::EngineUnavailable`] when no engine answers.
     pub async fn connect() -> Result<Self, BuildError> {
-        let unavailable = |e: bollard::errors::Error| {
-            BuildError::EngineUnavailable(one_line(&e.to_string()))
-        };
+        let unavailable =
+            |e: bollard::errors::Error| BuildError::EngineUnavailable(one_line(&e.to_string()));
         let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
@@ -64,7 +69,9 @@ impl Engine {
                 id: i.id.unwrap_or_default(),
                 labels: i.config.and_then(|c| c.labels).unwrap_or_default(),
             })),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
             Err(e) => Err(engine_err(e)),
         }
     }
@@ -103,12 +110,12 @@ impl Engine {
             rm: true,
             forcerm: true,
             nocache: no_cache,
-            labels: Some(labels),
+            labels: (!labels.is_empty()).then_some(labels),
             ..Default::default()
         };
-        let mut stream = self
-            .docker
-            .build_image(opts, None, Some(bollard::body_full(context.into())));
+        let mut stream =
+            self.docker
+                .build_image(opts, None, Some(bollard::body_full(context.into())));
         let mut id = None;
         let mut pending = String::new();
         while let Some(item) = stream.next().await {
@@ -189,7 +196,9 @@ impl Engine {
                         return Ok(img.id);
                     }
                 }
-                Some(e) => log(&format!("cannot pull {name} ({e}); creating it with debootstrap")),
+                Some(e) => log(&format!(
+                    "cannot pull {name} ({e}); creating it with debootstrap"
+                )),
             }
         }
         self.debootstrap_base(name, suite, mirror, log).await
@@ -208,7 +217,9 @@ impl Engine {
             .tempdir()
             .map_err(|e| base_err(format!("cannot create a temporary folder: {e}")))?;
         let rootfs = dir.path().join("rootfs");
-        log(&format!("creating base image {name}: debootstrap {suite} from {mirror}"));
+        log(&format!(
+            "creating base image {name}: debootstrap {suite} from {mirror}"
+        ));
         let mut child = tokio::process::Command::new("debootstrap")
             .args(["--variant=minbase", "--include=ca-certificates", suite])
             .arg(&rootfs)
@@ -217,7 +228,11 @@ impl Engine {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| base_err(format!("cannot run debootstrap ({e}); install it with apt-get install debootstrap")))?;
+            .map_err(|e| {
+                base_err(format!(
+                    "cannot run debootstrap ({e}); install it with apt-get install debootstrap"
+                ))
+            })?;
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let mut tail = Vec::new();
@@ -238,7 +253,12 @@ impl Engine {
         }
         let status = child.wait().await.map_err(|e| base_err(e.to_string()))?;
         if !status.success() {
-            let reason = err_text.lines().chain(tail.iter().map(String::as_str)).last().unwrap_or("").to_string();
+            let reason = err_text
+                .lines()
+                .chain(tail.iter().map(String::as_str))
+                .last()
+                .unwrap_or("")
+                .to_string();
             return Err(base_err(format!("debootstrap failed: {}", reason.trim())));
         }
         log("importing the root file system through the Engine API");
@@ -273,14 +293,23 @@ impl Engine {
                 "LABEL berth.base=debootstrap".to_string(),
             ])
             .build();
-        let mut s = self.docker.create_image(Some(opts), Some(bollard::body_try_stream(body)), None);
+        let mut s =
+            self.docker
+                .create_image(Some(opts), Some(bollard::body_try_stream(body)), None);
         while let Some(r) = s.next().await {
-            r.map_err(|e| BuildError::Base(format!("import failed: {}", one_line(&e.to_string()))))?;
+            r.map_err(|e| {
+                BuildError::Base(format!("import failed: {}", one_line(&e.to_string())))
+            })?;
         }
-        let status = tar.wait().await.map_err(|e| BuildError::Base(e.to_string()))?;
+        let status = tar
+            .wait()
+            .await
+            .map_err(|e| BuildError::Base(e.to_string()))?;
         if !status.success() {
             let _ = self.remove_image(name).await;
-            return Err(BuildError::Base("tar of the root file system failed".into()));
+            return Err(BuildError::Base(
+                "tar of the root file system failed".into(),
+            ));
         }
         self.image(name)
             .await?
@@ -288,4 +317,3 @@ impl Engine {
             .ok_or_else(|| BuildError::Base(format!("import finished but {name} is missing")))
     }
 }
-

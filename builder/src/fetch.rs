@@ -102,7 +102,9 @@ pub fn is_url(source: &str) -> bool {
 pub fn validate_ref(reference: &str) -> Result<(), FetchError> {
     if reference.is_empty()
         || reference.starts_with('-')
-        || reference.chars().any(|c| c.is_whitespace() || c.is_control())
+        || reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
         || reference.len() > 255
     {
         return Err(FetchError::InvalidRef(reference.to_string()));
@@ -190,7 +192,11 @@ fn canonical_source(source: &str) -> Result<String, FetchError> {
     Ok(abs.to_string_lossy().into_owned())
 }
 
-fn fetch(repo: &Repository, url: &str, progress: &mut dyn FnMut(FetchProgress)) -> Result<(), FetchError> {
+fn fetch(
+    repo: &Repository,
+    url: &str,
+    progress: &mut dyn FnMut(FetchProgress),
+) -> Result<(), FetchError> {
     let mut callbacks = RemoteCallbacks::new();
     callbacks.transfer_progress(|p| {
         progress(FetchProgress {
@@ -258,7 +264,9 @@ fn read_tree(
 ) -> Result<(), FetchError> {
     for entry in tree.iter() {
         let Ok(name) = entry.name() else {
-            return Err(FetchError::Git("a file name in the tree is not UTF-8".into()));
+            return Err(FetchError::Git(
+                "a file name in the tree is not UTF-8".into(),
+            ));
         };
         let path = if prefix.is_empty() {
             name.to_string()
@@ -273,7 +281,9 @@ fn read_tree(
             Some(ObjectType::Blob) => {
                 let blob = repo.find_blob(entry.id())?;
                 let size = blob.size() as u64;
-                *budget = budget.checked_sub(size).ok_or(FetchError::TooLarge { limit })?;
+                *budget = budget
+                    .checked_sub(size)
+                    .ok_or(FetchError::TooLarge { limit })?;
                 let mode = entry.filemode();
                 let file = if mode == 0o120000 {
                     FileEntry::Symlink {
@@ -341,7 +351,10 @@ mod tests {
     fn refs_are_validated() {
         assert!(validate_ref("main").is_ok());
         assert!(validate_ref("v1.0").is_ok());
-        assert!(matches!(validate_ref("--upload-pack=x"), Err(FetchError::InvalidRef(_))));
+        assert!(matches!(
+            validate_ref("--upload-pack=x"),
+            Err(FetchError::InvalidRef(_))
+        ));
         assert!(validate_ref("a b").is_err());
         assert!(validate_ref("").is_err());
     }
@@ -349,12 +362,30 @@ mod tests {
     #[test]
     fn symlinks_must_stay_inside() {
         let mut f = RepoFiles::new();
-        f.insert("a/link", FileEntry::Symlink { target: "../b".into() });
+        f.insert(
+            "a/link",
+            FileEntry::Symlink {
+                target: "../b".into(),
+            },
+        );
         assert!(check_symlinks(&f).is_ok());
-        f.insert("c", FileEntry::Symlink { target: "../../etc/passwd".into() });
-        assert!(matches!(check_symlinks(&f), Err(FetchError::SymlinkEscapes { .. })));
+        f.insert(
+            "c",
+            FileEntry::Symlink {
+                target: "../../etc/passwd".into(),
+            },
+        );
+        assert!(matches!(
+            check_symlinks(&f),
+            Err(FetchError::SymlinkEscapes { .. })
+        ));
         let mut g = RepoFiles::new();
-        g.insert("d", FileEntry::Symlink { target: "/etc/passwd".into() });
+        g.insert(
+            "d",
+            FileEntry::Symlink {
+                target: "/etc/passwd".into(),
+            },
+        );
         assert!(check_symlinks(&g).is_err());
     }
 }

@@ -12,7 +12,12 @@ use sha2::{Digest, Sha256};
 /// data, docs) do not enter it, so a commit that only edits them reuses the environment image.
 /// Paths are hashed in byte order, so the order files were read in does not matter. A site's CA
 /// bundle does not enter it: it changes how packages are fetched, not which.
-pub fn env_hash(plan: &BuildPlan, files: &RepoFiles, base_image_id: &str, repo_dir: &str) -> String {
+pub fn env_hash(
+    plan: &BuildPlan,
+    files: &RepoFiles,
+    base_image_id: &str,
+    repo_dir: &str,
+) -> String {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());

@@ -241,7 +241,9 @@ pub async fn checkout(
     while let Some(p) = rx.recv().await {
         report(BuildEvent::Fetch(p));
     }
-    let co = task.await.map_err(|e| BuildError::Internal(e.to_string()))??;
+    let co = task
+        .await
+        .map_err(|e| BuildError::Internal(e.to_string()))??;
     Ok(co)
 }
 
@@ -271,16 +273,21 @@ pub fn validate_image_name(name: &str) -> Result<(), BuildError> {
     };
     let comp_ok = |c: &str| {
         !c.is_empty()
-            && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+            && c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
             && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
     };
-    if repo.is_empty() || repo.len() > 200 || !repo.split('/').all(|c| comp_ok(c) || c.contains(':')) {
+    if repo.is_empty()
+        || repo.len() > 200
+        || !repo.split('/').all(|c| comp_ok(c) || c.contains(':'))
+    {
         return Err(bad());
     }
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+            && t.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
             && !t.starts_with(['.', '-']);
         if !ok {
             return Err(bad());
@@ -308,7 +315,9 @@ pub fn default_image_repo(url: &str) -> String {
             }
         })
         .collect();
-    slug = slug.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    slug = slug
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
     if slug.is_empty() {
         slug = "repo".into();
     }
@@ -352,7 +361,10 @@ async fn build_inner(
     report(BuildEvent::Phase(Phase::Fetching));
     let co = checkout(req, report).await?;
     info!(commit = %co.commit, tree = %co.tree, files = co.files.len(), "fetched");
-    report(BuildEvent::Log(format!("{} at {} is commit {}", co.url, co.reference, co.commit)));
+    report(BuildEvent::Log(format!(
+        "{} at {} is commit {}",
+        co.url, co.reference, co.commit
+    )));
 
     report(BuildEvent::Phase(Phase::Detecting));
     let plan = plan(req, &co)?;
@@ -389,16 +401,25 @@ async fn build_inner(
         }
     }
 
-    let existing = if req.no_cache { None } else { engine.image(&env_image).await? };
+    let existing = if req.no_cache {
+        None
+    } else {
+        engine.image(&env_image).await?
+    };
     let cached_env = existing.is_some();
     if cached_env {
-        report(BuildEvent::Log(format!("reusing environment image {env_image}")));
+        report(BuildEvent::Log(format!(
+            "reusing environment image {env_image}"
+        )));
     } else {
         report(BuildEvent::Phase(Phase::BuildingEnv));
         let dockerfile_text = dockerfile(req, &co, &plan);
         let ctx = context::env_context(&plan, &co.files, &dockerfile_text, ca.as_deref())
             .map_err(|e| BuildError::Internal(e.to_string()))?;
-        let dockerfile_path = plan.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into());
+        let dockerfile_path = plan
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| "Dockerfile".into());
         let mut l = common.clone();
         l.insert(labels::KIND.to_string(), "env".into());
         let span = info_span!("build_env", %env_hash);
@@ -432,15 +453,23 @@ async fn build_inner(
             report(BuildEvent::Log(format!("reusing repository image {name}")));
         } else {
             report(BuildEvent::Phase(Phase::BuildingRepo));
-            let df = context::repo_dockerfile(&env_image, &req.repo_dir);
-            let ctx = context::repo_context(&plan, &co.files, &df)
-                .map_err(|e| BuildError::Internal(e.to_string()))?;
-            let mut l = common.clone();
+            let mut l: std::collections::BTreeMap<String, String> =
+                common.clone().into_iter().collect();
             l.insert(labels::KIND.to_string(), "repo".into());
             l.insert(labels::TREE.to_string(), co.tree.clone());
+            let df = context::repo_dockerfile(&env_image, &req.repo_dir, &l);
+            let ctx = context::repo_context(&plan, &co.files, &df)
+                .map_err(|e| BuildError::Internal(e.to_string()))?;
             let span = info_span!("build_repo", tree = %co.tree);
             engine
-                .build(ctx, &name, "Dockerfile", l, req.no_cache, &mut log)
+                .build(
+                    ctx,
+                    &name,
+                    "Dockerfile",
+                    HashMap::new(),
+                    req.no_cache,
+                    &mut log,
+                )
                 .instrument(span)
                 .await?;
         }
@@ -485,8 +514,14 @@ mod tests {
         assert!(validate_image_name("Bad").is_err());
         assert!(validate_image_name("x:-tag").is_err());
         assert!(validate_image_name("a b").is_err());
-        assert_eq!(default_image_repo("/x/shared/fixtures/repos/setup.py.git"), "berth/setup.py");
-        assert_eq!(default_image_repo("https://github.com/binder-examples/Conda/"), "berth/conda");
+        assert_eq!(
+            default_image_repo("/x/shared/fixtures/repos/setup.py.git"),
+            "berth/setup.py"
+        );
+        assert_eq!(
+            default_image_repo("https://github.com/binder-examples/Conda/"),
+            "berth/conda"
+        );
         assert_eq!(default_image_repo("git@github.com:a/b.git"), "berth/b");
     }
 }

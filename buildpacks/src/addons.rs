@@ -196,8 +196,14 @@ mod tests {
 
     #[test]
     fn runtime_txt_versions() {
-        assert_eq!(parse_runtime_txt("r", "python-3.10\n").unwrap(), Some("3.10".into()));
-        assert_eq!(parse_runtime_txt("r", "python-3.9.7").unwrap(), Some("3.9".into()));
+        assert_eq!(
+            parse_runtime_txt("r", "python-3.10\n").unwrap(),
+            Some("3.10".into())
+        );
+        assert_eq!(
+            parse_runtime_txt("r", "python-3.9.7").unwrap(),
+            Some("3.9".into())
+        );
         assert_eq!(parse_runtime_txt("r", "r-4.1-2022-01-01").unwrap(), None);
         assert!(parse_runtime_txt("r", "python-three").is_err());
     }
@@ -205,12 +211,27 @@ mod tests {
     #[test]
     fn apt_txt_rejects_shell_metacharacters() {
         assert_eq!(
-            parse_apt_txt("apt.txt", "# tools\ncowsay\nlolcat libgdal-dev=3.6.2+dfsg-1\n").unwrap(),
+            parse_apt_txt(
+                "apt.txt",
+                "# tools\ncowsay\nlolcat libgdal-dev=3.6.2+dfsg-1\n"
+            )
+            .unwrap(),
             vec!["cowsay", "lolcat", "libgdal-dev=3.6.2+dfsg-1"]
         );
-        for bad in ["cowsay; rm -rf /", "$(id)", "a|b", "`x`", "a&&b", "-y", "../x"] {
+        for bad in [
+            "cowsay; rm -rf /",
+            "$(id)",
+            "a|b",
+            "`x`",
+            "a&&b",
+            "-y",
+            "../x",
+        ] {
             let err = parse_apt_txt("apt.txt", bad).unwrap_err();
-            assert!(err.to_string().starts_with("apt.txt: line 1:"), "{bad}: {err}");
+            assert!(
+                err.to_string().starts_with("apt.txt: line 1:"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -225,7 +246,10 @@ mod tests {
         assert_eq!(c.version, "3.11");
         assert!(c.fallback);
         assert_eq!(w.len(), 1);
-        let strict = PlanOptions { python_fallback: false, ..opts };
+        let strict = PlanOptions {
+            python_fallback: false,
+            ..opts
+        };
         let err = choose_python(Some(("runtime.txt".into(), "3.10".into())), &strict, &mut w);
         assert!(matches!(err, Err(BuildpackError::PythonUnavailable { .. })));
     }

@@ -37,18 +37,64 @@ const RENAMES: &[(&str, &str)] = &[
     ("python-graphviz", "graphviz"),
     ("pywin32-on-windows", "pywin32"),
     ("tensorflow-cpu", "tensorflow"),
-    ("jupyter_contrib_nbextensions", "jupyter-contrib-nbextensions"),
+    (
+        "jupyter_contrib_nbextensions",
+        "jupyter-contrib-nbextensions",
+    ),
     ("ruamel_yaml", "ruamel.yaml"),
     ("typing_extensions", "typing-extensions"),
 ];
 
 /// Conda packages that are not Python packages on PyPI.
 const UNAVAILABLE: &[&str] = &[
-    "blas", "boost", "cairo", "cmdstan", "compilers", "cudatoolkit", "cudnn", "curl", "eigen",
-    "fftw", "ffmpeg", "gcc", "gdal", "geos", "gfortran", "git", "go", "graphviz", "gxx", "hdf5",
-    "icu", "imagemagick", "julia", "libblas", "libgdal", "libiconv", "liblapack", "libnetcdf",
-    "make", "mkl", "nodejs", "octave", "openblas", "openjdk", "openssl", "pandoc", "perl", "proj",
-    "qt", "ruby", "rust", "sqlite", "texlive-core", "tini", "tk", "wget", "xz", "zlib",
+    "blas",
+    "boost",
+    "cairo",
+    "cmdstan",
+    "compilers",
+    "cudatoolkit",
+    "cudnn",
+    "curl",
+    "eigen",
+    "fftw",
+    "ffmpeg",
+    "gcc",
+    "gdal",
+    "geos",
+    "gfortran",
+    "git",
+    "go",
+    "graphviz",
+    "gxx",
+    "hdf5",
+    "icu",
+    "imagemagick",
+    "julia",
+    "libblas",
+    "libgdal",
+    "libiconv",
+    "liblapack",
+    "libnetcdf",
+    "make",
+    "mkl",
+    "nodejs",
+    "octave",
+    "openblas",
+    "openjdk",
+    "openssl",
+    "pandoc",
+    "perl",
+    "proj",
+    "qt",
+    "ruby",
+    "rust",
+    "sqlite",
+    "texlive-core",
+    "tini",
+    "tk",
+    "wget",
+    "xz",
+    "zlib",
 ];
 
 /// Maps a conda package name onto PyPI.
@@ -64,7 +110,9 @@ pub fn conda_to_pypi(name: &str) -> CondaMapping {
         return CondaMapping::Unavailable("a conda virtual package");
     }
     if UNAVAILABLE.contains(&lower.as_str()) {
-        return CondaMapping::Unavailable("not a Python package; list its Debian package in apt.txt");
+        return CondaMapping::Unavailable(
+            "not a Python package; list its Debian package in apt.txt",
+        );
     }
     CondaMapping::Same
 }
@@ -77,7 +125,8 @@ impl Buildpack for CondaBuildpack {
         "conda"
     }
     fn detect(&self, spec: &SpecDir<'_>) -> bool {
-        spec.find(&["environment.yml", "environment.yaml"]).is_some()
+        spec.find(&["environment.yml", "environment.yaml"])
+            .is_some()
     }
     fn plan(&self, spec: &SpecDir<'_>, opts: &PlanOptions) -> Result<BuildPlan, BuildpackError> {
         let path = spec
@@ -133,7 +182,8 @@ pub(crate) fn parse_environment(path: &str, text: &str) -> Result<Environment, B
         file: path.to_string(),
         message,
     };
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| invalid(format!("not valid YAML: {e}")))?;
+    let doc: Value =
+        serde_yaml::from_str(text).map_err(|e| invalid(format!("not valid YAML: {e}")))?;
     let mut env = Environment::default();
     let deps = match &doc {
         Value::Mapping(m) => match m.get("dependencies") {
@@ -175,7 +225,7 @@ pub(crate) fn parse_environment(path: &str, text: &str) -> Result<Environment, B
 fn split_spec(spec: &str) -> (String, Option<String>) {
     let spec = spec.rsplit("::").next().unwrap_or(spec).trim();
     let end = spec
-        .find(|c: char| matches!(c, '=' | '<' | '>' | '!' | '~' | ' '))
+        .find(['=', '<', '>', '!', '~', ' '])
         .unwrap_or(spec.len());
     let name = spec[..end].trim().to_string();
     let rest = spec[end..].trim();
@@ -213,7 +263,9 @@ fn fuzzy(v: &str) -> String {
 fn map_dependency(spec: &str, env: &mut Environment) {
     let (name, version) = split_spec(spec);
     if name.is_empty() {
-        env.warnings.push(format!("conda dependency {spec:?} has no package name; skipped"));
+        env.warnings.push(format!(
+            "conda dependency {spec:?} has no package name; skipped"
+        ));
         return;
     }
     if name == "python" {
@@ -263,7 +315,12 @@ mod tests {
         assert_eq!(env.python.as_deref(), Some("3.11"));
         assert_eq!(
             env.packages,
-            vec!["numpy==1.26.*", "pandas>=2,<3", "matplotlib==3.8.*", "scipy==1.11.4"]
+            vec![
+                "numpy==1.26.*",
+                "pandas>=2,<3",
+                "matplotlib==3.8.*",
+                "scipy==1.11.4"
+            ]
         );
         assert_eq!(env.pip, vec!["requests==2.31"]);
         assert_eq!(env.warnings.len(), 2, "{:?}", env.warnings);
@@ -273,7 +330,10 @@ mod tests {
     #[test]
     fn rejects_bad_yaml() {
         let e = parse_environment("environment.yml", "dependencies: [numpy\n").unwrap_err();
-        assert!(e.to_string().starts_with("environment.yml: not valid YAML"), "{e}");
+        assert!(
+            e.to_string().starts_with("environment.yml: not valid YAML"),
+            "{e}"
+        );
         let e = parse_environment("environment.yml", "dependencies: numpy\n").unwrap_err();
         assert!(e.to_string().contains("must be a list"));
         let e = parse_environment("environment.yml", "- a\n- b\n").unwrap_err();

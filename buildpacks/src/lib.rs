@@ -24,12 +24,18 @@ pub use repo::{FileEntry, RepoFiles};
 
 /// Version of the buildpack rules; it enters every env hash, so bump it whenever a rendered
 /// Dockerfile or a plan's meaning changes.
-pub const BUILDPACK_VERSION: &str = "berth-buildpacks/1";
+pub const BUILDPACK_VERSION: &str = "berth-buildpacks/2";
 
-/// Packages every Python environment gets, so that JupyterLab and a Dask cluster work from the
-/// same image. Requirements of the repository are resolved together with these, so versions the
+/// Packages every Python environment gets, so that JupyterLab and a Dask cluster (with its
+/// dashboard, which needs bokeh) work from the same image. Requirements of the repository are resolved together with these, so versions the
 /// repository pins win.
-pub const BASE_PACKAGES: &[&str] = &["jupyterlab", "jupyter-server", "dask", "distributed"];
+pub const BASE_PACKAGES: &[&str] = &[
+    "jupyterlab",
+    "jupyter-server",
+    "dask",
+    "distributed",
+    "bokeh",
+];
 
 /// Where the environment's Python packages live inside the image.
 pub const VENV_DIR: &str = "/srv/venv";
@@ -198,10 +204,13 @@ impl<'a> SpecDir<'a> {
     /// # Errors
     /// [`BuildpackError::InvalidSpec`] when it is not UTF-8 or is a symlink.
     pub fn read_text(&self, path: &str) -> Result<String, BuildpackError> {
-        let bytes = self.repo.read(path).ok_or_else(|| BuildpackError::InvalidSpec {
-            file: path.to_string(),
-            message: "is not a regular file".into(),
-        })?;
+        let bytes = self
+            .repo
+            .read(path)
+            .ok_or_else(|| BuildpackError::InvalidSpec {
+                file: path.to_string(),
+                message: "is not a regular file".into(),
+            })?;
         String::from_utf8(bytes.to_vec()).map_err(|_| BuildpackError::InvalidSpec {
             file: path.to_string(),
             message: "is not valid UTF-8".into(),

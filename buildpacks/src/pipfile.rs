@@ -79,7 +79,10 @@ fn parse_lock(file: &str, text: &str) -> Result<Parsed, BuildpackError> {
 fn parse_pipfile(file: &str, text: &str) -> Result<Parsed, BuildpackError> {
     let doc = toml::Table::from_str(text).map_err(|e| {
         let msg = e.to_string();
-        invalid(file, format!("not valid TOML: {}", msg.lines().next().unwrap_or("")))
+        invalid(
+            file,
+            format!("not valid TOML: {}", msg.lines().next().unwrap_or("")),
+        )
     })?;
     let mut out = Parsed {
         python: doc
@@ -123,13 +126,25 @@ fn entry_requirement(
             if let Some(path) = o.get("path").and_then(Json::as_str) {
                 *local = true;
                 let editable = o.get("editable").and_then(Json::as_bool).unwrap_or(false);
-                return Ok(if editable { format!("-e {path}") } else { path.to_string() });
+                return Ok(if editable {
+                    format!("-e {path}")
+                } else {
+                    path.to_string()
+                });
             }
             if let Some(git) = o.get("git").and_then(Json::as_str) {
-                let r = o.get("ref").and_then(Json::as_str).map(|r| format!("@{r}")).unwrap_or_default();
+                let r = o
+                    .get("ref")
+                    .and_then(Json::as_str)
+                    .map(|r| format!("@{r}"))
+                    .unwrap_or_default();
                 return Ok(format!("{name} @ git+{git}{r}"));
             }
-            let mut s = o.get("version").and_then(Json::as_str).unwrap_or("*").to_string();
+            let mut s = o
+                .get("version")
+                .and_then(Json::as_str)
+                .unwrap_or("*")
+                .to_string();
             if s == "*" {
                 s.clear();
             }
@@ -141,9 +156,6 @@ fn entry_requirement(
         other => return Err(invalid(file, format!("{name}: unexpected entry {other}"))),
     };
     let req = format!("{name}{spec}");
-    pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(&req).map_err(|e| {
-        let msg = e.to_string();
-        invalid(file, format!("{name}: {}", msg.lines().next().unwrap_or("invalid requirement")))
-    })?;
+    crate::python::parse_requirement(&req).map_err(|e| invalid(file, format!("{name}: {e}")))?;
     Ok(req)
 }

@@ -189,7 +189,10 @@ pub(crate) fn scan_requirements(
         message: format!("line {line}: {message}"),
     };
     if depth > 8 {
-        return Err(err(0, "requirements files include each other too deeply".into()));
+        return Err(err(
+            0,
+            "requirements files include each other too deeply".into(),
+        ));
     }
     let text = spec.read_text(path)?;
     let mut scan = RequirementsScan::default();
@@ -274,7 +277,7 @@ fn scan_line(
             if req.contains("://") && !req.contains(" @ ") && !req.contains('@') {
                 return Ok(());
             }
-            match pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(req) {
+            match parse_requirement(req) {
                 Ok(r) => {
                     if let Some(pep508_rs::VersionOrUrl::Url(u)) = &r.version_or_url {
                         if u.to_string().starts_with("file:") {
@@ -283,16 +286,56 @@ fn scan_line(
                     }
                     Ok(())
                 }
-                Err(e) => {
+                Err(first) => {
                     if req.contains("://") {
                         return Ok(());
                     }
-                    let msg = e.to_string();
-                    let first = msg.lines().next().unwrap_or("invalid requirement");
                     Err(format!("{req:?} is not a valid requirement: {first}"))
                 }
             }
         }
+    }
+}
+
+/// Parses a PEP 508 requirement; the error is the first line of the parser's message.
+///
+/// pep508_rs 0.9 panics instead of failing on some invalid names: a package name that ends in
+/// `-`, `_` or `.` followed by more text (`numpy-,`, `aa- >=1`) or such an extra (`numpy[a-]`).
+/// Both are refused here with a proper message; any other panic of the parser counts as
+/// "invalid" too.
+pub(crate) fn parse_requirement(
+    req: &str,
+) -> Result<pep508_rs::Requirement<pep508_rs::VerbatimUrl>, String> {
+    let body = req.trim_start();
+    let name_end = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+        .unwrap_or(body.len());
+    if name_end < body.len() && body[..name_end].ends_with(['-', '_', '.']) {
+        return Err(format!(
+            "package name {:?} must end with a letter or digit",
+            &body[..name_end]
+        ));
+    }
+    if let Some(extras) = body[name_end..].trim_start().strip_prefix('[') {
+        let extras = extras.split(']').next().unwrap_or(extras);
+        let mut items = extras.split(',').map(str::trim);
+        if let Some(bad) = items.find(|e| e.ends_with(['-', '_', '.'])) {
+            return Err(format!("extra {bad:?} must end with a letter or digit"));
+        }
+    }
+    match std::panic::catch_unwind(|| {
+        pep508_rs::Requirement::<pep508_rs::VerbatimUrl>::from_str(req)
+    }) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            let msg = e.to_string();
+            Err(msg
+                .lines()
+                .next()
+                .unwrap_or("invalid requirement")
+                .to_string())
+        }
+        Err(_) => Err("names and extras must start and end with a letter or digit".into()),
     }
 }
 
@@ -369,13 +412,20 @@ mod tests {
     #[test]
     fn local_paths_need_the_whole_repo() {
         assert!(scan(&[("requirements.txt", "-e .\n")]).unwrap().local_paths);
-        assert!(scan(&[("requirements.txt", "./pkg\n")]).unwrap().local_paths);
+        assert!(
+            scan(&[("requirements.txt", "./pkg\n")])
+                .unwrap()
+                .local_paths
+        );
     }
 
     #[test]
     fn rejects_garbage_with_line_number() {
         let e = scan(&[("requirements.txt", "numpy\nthis is not a requirement!\n")]).unwrap_err();
-        assert!(e.to_string().starts_with("requirements.txt: line 2:"), "{e}");
+        assert!(
+            e.to_string().starts_with("requirements.txt: line 2:"),
+            "{e}"
+        );
         let e = scan(&[("requirements.txt", "numpy===\n")]).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
         let e = scan(&[("requirements.txt", "-r ../../etc/passwd\n")]).unwrap_err();
@@ -386,7 +436,10 @@ mod tests {
 
     #[test]
     fn normalize_stays_inside() {
-        assert_eq!(normalize("binder", "../req.txt").as_deref(), Some("req.txt"));
+        assert_eq!(
+            normalize("binder", "../req.txt").as_deref(),
+            Some("req.txt")
+        );
         assert_eq!(normalize("", "../x"), None);
         assert_eq!(normalize("", "/etc/passwd"), None);
     }

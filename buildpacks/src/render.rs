@@ -3,7 +3,9 @@
 use minijinja::{context, Environment};
 use serde::{Deserialize, Serialize};
 
-use crate::{BuildPlan, LocalInstall, RepoFiles, BASE_PACKAGES, BUILDPACK_VERSION, UV_VERSION, VENV_DIR};
+use crate::{
+    BuildPlan, LocalInstall, RepoFiles, BASE_PACKAGES, BUILDPACK_VERSION, UV_VERSION, VENV_DIR,
+};
 
 const PYTHON_TEMPLATE: &str = include_str!("../templates/python.Dockerfile.j2");
 
@@ -44,9 +46,9 @@ impl Default for RenderOptions {
 /// Quotes a word for a POSIX shell (single quotes), unless it is plainly safe.
 fn sh_quote(word: &str) -> String {
     let safe = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ','));
+        && word.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':' | '=' | '+' | ',')
+        });
     if safe {
         word.to_string()
     } else {
@@ -124,6 +126,9 @@ mod tests {
         assert_eq!(sh_quote("numpy==1.2.*"), "'numpy==1.2.*'");
         assert_eq!(sh_quote("pandas>=2,<3"), "'pandas>=2,<3'");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
-        assert_eq!(sh_quote("binder/requirements.txt"), "binder/requirements.txt");
+        assert_eq!(
+            sh_quote("binder/requirements.txt"),
+            "binder/requirements.txt"
+        );
     }
 }

@@ -40,10 +40,36 @@ const ROLE_SESSION: &str = "session";
 const ROLE_SCHEDULER: &str = "scheduler";
 const ROLE_WORKER: &str = "worker";
 const JUPYTER_PORT: &str = "8888/tcp";
+/// CPU weight of the cluster's containers while Jupyter starts (Docker's default is 1024):
+/// Jupyter's start-up is the critical path of a launch.
+const STARTUP_CPU_SHARES: i64 = 256;
+/// Whether the cluster starts with [`STARTUP_CPU_SHARES`].
+const STARTUP_BACKGROUND: bool = false;
 const DASHBOARD_PORT: &str = "8787/tcp";
+
+/// A port that is free on `ip` now (the OS picks it); the engine binds it moments later.
+fn free_port(ip: &str) -> Result<u16, LaunchError> {
+    let listener = std::net::TcpListener::bind((ip, 0))
+        .map_err(|e| LaunchError::Engine(format!("cannot find a free port on {ip}: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| LaunchError::Engine(e.to_string()))
+}
 
 fn engine(e: bollard::errors::Error) -> LaunchError {
     LaunchError::Engine(e.to_string().lines().next().unwrap_or("").to_string())
+}
+
+/// What every worker of a session shares.
+#[derive(Clone, Copy)]
+struct Workers<'a> {
+    session: &'a str,
+    image: &'a str,
+    common: &'a HashMap<String, String>,
+    limits: &'a Limits,
+    repo_dir: &'a str,
+    background: bool,
 }
 
 /// Sessions as Docker containers on this machine.
@@ -71,20 +97,33 @@ impl DockerBackend {
         Self { docker }
     }
 
-    async fn containers(&self, session: Option<&str>) -> Result<Vec<ContainerSummary>, LaunchError> {
+    async fn containers(
+        &self,
+        session: Option<&str>,
+    ) -> Result<Vec<ContainerSummary>, LaunchError> {
         let filter = match session {
             Some(s) => format!("{}={s}", label::SESSION),
             None => label::SESSION.to_string(),
         };
         let filters = HashMap::from([("label", vec![filter])]);
-        let opts = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
-        self.docker.list_containers(Some(opts)).await.map_err(engine)
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(engine)
     }
 
     async fn networks(&self, session: &str) -> Result<Vec<String>, LaunchError> {
         let filters = HashMap::from([("label", vec![format!("{}={session}", label::SESSION)])]);
         let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        let nets = self.docker.list_networks(Some(opts)).await.map_err(engine)?;
+        let nets = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(engine)?;
         Ok(nets.into_iter().filter_map(|n| n.id).collect())
     }
 
@@ -93,10 +132,16 @@ impl DockerBackend {
         let mut n = 0;
         for c in self.containers(Some(session)).await? {
             if let Some(id) = c.id {
-                let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+                let opts = RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build();
                 match self.docker.remove_container(&id, Some(opts)).await {
                     Ok(()) => n += 1,
-                    Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => {}
                     Err(e) => return Err(engine(e)),
                 }
             }
@@ -104,7 +149,9 @@ impl DockerBackend {
         for net in self.networks(session).await? {
             match self.docker.remove_network(&net).await {
                 Ok(()) => n += 1,
-                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
                 Err(e) => return Err(engine(e)),
             }
         }
@@ -123,6 +170,7 @@ impl DockerBackend {
         network: &str,
         alias: Option<&str>,
         publish: Option<(&str, &str, Option<u16>)>,
+        background: bool,
     ) -> Result<(), LaunchError> {
         let port_bindings = publish.map(|(port, ip, host)| {
             HashMap::from([(
@@ -137,6 +185,8 @@ impl DockerBackend {
             memory: limits.memory_bytes.map(|b| b as i64),
             nano_cpus: limits.millicpus.map(|m| (m * 1_000_000) as i64),
             pids_limit: Some(limits.pids as i64),
+            // Background containers yield the CPU to Jupyter while a session starts.
+            cpu_shares: background.then_some(STARTUP_CPU_SHARES),
             security_opt: Some(vec!["no-new-privileges".into()]),
             cap_drop: Some(vec!["ALL".into()]),
             init: Some(true),
@@ -167,9 +217,10 @@ impl DockerBackend {
         let opts = CreateContainerOptionsBuilder::new().name(name).build();
         match self.docker.create_container(Some(opts), body).await {
             Ok(_) => {}
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })
-                if message.contains("image") =>
-            {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if message.contains("image") => {
                 return Err(LaunchError::ImageMissing(image.to_string()))
             }
             Err(e) => return Err(engine(e)),
@@ -187,7 +238,11 @@ impl DockerBackend {
     }
 
     async fn published_port(&self, name: &str, port: &str) -> Result<u16, LaunchError> {
-        let c = self.docker.inspect_container(name, None).await.map_err(engine)?;
+        let c = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(engine)?;
         c.network_settings
             .and_then(|n| n.ports)
             .and_then(|p| p.get(port).cloned().flatten())
@@ -197,7 +252,10 @@ impl DockerBackend {
     }
 
     fn worker_cmd(scheduler: &str, name: &str, limits: &Limits) -> Vec<String> {
-        let threads = limits.millicpus.map(|m| m.div_ceil(1000).max(1)).unwrap_or(1);
+        let threads = limits
+            .millicpus
+            .map(|m| m.div_ceil(1000).max(1))
+            .unwrap_or(1);
         let mut cmd = vec![
             "dask".to_string(),
             "worker".into(),
@@ -207,6 +265,9 @@ impl DockerBackend {
             "--nthreads".into(),
             threads.to_string(),
             "--no-dashboard".into(),
+            // The container is the worker's supervisor: a nanny process would double the
+            // start-up cost (a second Python interpreter) for nothing.
+            "--no-nanny".into(),
         ];
         if let Some(m) = limits.memory_bytes {
             cmd.extend(["--memory-limit".into(), m.to_string()]);
@@ -216,25 +277,34 @@ impl DockerBackend {
 
     async fn add_workers(
         &self,
-        session: &str,
-        image: &str,
-        common: &HashMap<String, String>,
-        limits: &Limits,
-        repo_dir: &str,
+        w: &Workers<'_>,
         indices: impl Iterator<Item = u32>,
     ) -> Result<(), LaunchError> {
+        let Workers {
+            session,
+            image,
+            common,
+            limits,
+            repo_dir,
+            background,
+        } = *w;
         let network = format!("berth-{session}");
-        for i in indices {
+        let starts = indices.map(|i| {
             let name = format!("berth-{session}-worker-{i}");
             let mut labels = common.clone();
             labels.insert(label::ROLE.into(), ROLE_WORKER.into());
             labels.insert(label::WORKER.into(), i.to_string());
             let cmd = Self::worker_cmd("tcp://scheduler:8786", &name, limits);
             let env = vec![format!("PYTHONPATH={repo_dir}")];
-            self.run_container(&name, image, cmd, env, labels, limits, &network, None, None)
-                .await?;
-        }
-        Ok(())
+            let network = network.clone();
+            async move {
+                self.run_container(
+                    &name, image, cmd, env, labels, limits, &network, None, None, background,
+                )
+                .await
+            }
+        });
+        futures_util::future::try_join_all(starts).await.map(|_| ())
     }
 
     /// Waits until Jupyter answers (when `jupyter` is given) and the scheduler sees `workers`.
@@ -254,25 +324,47 @@ impl DockerBackend {
             if !jupyter_ok {
                 if let Some((base, token)) = jupyter {
                     jupyter_ok = probe::jupyter_status(&client, base, token).await.is_ok();
+                    if jupyter_ok {
+                        info!(
+                            session,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "jupyter answers"
+                        );
+                    }
                 }
             }
             if let Some(d) = dashboard {
                 seen = probe::dask_workers(&client, d).await.unwrap_or(0);
             }
             let cluster_ok = dashboard.is_none() || seen == workers;
+            if dashboard.is_some() {
+                tracing::debug!(
+                    session,
+                    seen,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "workers seen"
+                );
+            }
             if jupyter_ok && cluster_ok {
                 return Ok(());
             }
             // A container that died will never become ready: fail now, with its role.
             for c in self.containers(Some(session)).await? {
                 if c.state == Some(ContainerSummaryStateEnum::EXITED) {
-                    let role = c.labels.as_ref().and_then(|l| l.get(label::ROLE)).cloned().unwrap_or_default();
+                    let role = c
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(label::ROLE))
+                        .cloned()
+                        .unwrap_or_default();
                     if role != ROLE_WORKER || dashboard.is_some() && seen < workers {
                         let status = c.status.unwrap_or_default();
                         return Err(LaunchError::NotReady {
                             session: session.into(),
                             seconds: started.elapsed().as_secs(),
-                            reason: format!("the {role} container stopped ({status}); see berth logs"),
+                            reason: format!(
+                                "the {role} container stopped ({status}); see berth logs"
+                            ),
                         });
                     }
                 }
@@ -293,7 +385,12 @@ impl DockerBackend {
         }
     }
 
-    async fn start_inner(&self, spec: &SessionSpec, id: &str, token: &str) -> Result<Session, LaunchError> {
+    async fn start_inner(
+        &self,
+        spec: &SessionSpec,
+        id: &str,
+        token: &str,
+    ) -> Result<Session, LaunchError> {
         let network = format!("berth-{id}");
         let base_url = spec.base_url.clone().unwrap_or_else(|| "/".into());
         let open = match &spec.open {
@@ -303,9 +400,15 @@ impl DockerBackend {
         let mut common: HashMap<String, String> = spec.labels.iter().cloned().collect();
         common.insert(label::SESSION.into(), id.into());
         common.insert(label::IMAGE.into(), spec.image.clone());
-        common.insert(label::CREATED.into(), chrono::Utc::now().timestamp().to_string());
+        common.insert(
+            label::CREATED.into(),
+            chrono::Utc::now().timestamp().to_string(),
+        );
         common.insert(label::MAX_WORKERS.into(), spec.max_workers.to_string());
-        common.insert(label::LIMITS.into(), serde_json::to_string(&spec.limits).unwrap_or_default());
+        common.insert(
+            label::LIMITS.into(),
+            serde_json::to_string(&spec.limits).unwrap_or_default(),
+        );
         common.insert(label::BIND_IP.into(), spec.bind_ip.clone());
         common.insert(label::BASE_URL.into(), base_url.clone());
         common.insert(label::OPEN.into(), open.clone());
@@ -321,61 +424,87 @@ impl DockerBackend {
             .await
             .map_err(engine)?;
 
-        let mut dashboard = None;
+        // The dashboard's host port is chosen up front, so Jupyter (the slowest to start) can
+        // start first, already knowing the dashboard link.
+        let dashboard = if spec.workers > 0 {
+            Some(format!(
+                "http://{}:{}",
+                spec.bind_ip,
+                free_port(&spec.bind_ip)?
+            ))
+        } else {
+            None
+        };
         let mut env = vec![format!("JUPYTER_TOKEN={token}")];
-        if spec.workers > 0 {
-            let name = format!("berth-{id}-scheduler");
-            let mut labels = common.clone();
-            labels.insert(label::ROLE.into(), ROLE_SCHEDULER.into());
-            let cmd = ["dask", "scheduler", "--port", "8786", "--dashboard-address", ":8787"]
-                .map(String::from)
-                .to_vec();
-            self.run_container(
-                &name,
-                &spec.image,
-                cmd,
-                vec![format!("PYTHONPATH={}", spec.repo_dir)],
-                labels,
-                &spec.limits,
-                &network,
-                Some("scheduler"),
-                Some((DASHBOARD_PORT, &spec.bind_ip, None)),
-            )
-            .await?;
-            let port = self.published_port(&name, DASHBOARD_PORT).await?;
-            let d = format!("http://{}:{port}", spec.bind_ip);
+        if let Some(d) = &dashboard {
             env.push("DASK_SCHEDULER_ADDRESS=tcp://scheduler:8786".into());
             env.push(format!("DASK_DISTRIBUTED__DASHBOARD__LINK={d}/status"));
-            dashboard = Some(d);
-            self.add_workers(id, &spec.image, &common, &spec.limits, &spec.repo_dir, 1..=spec.workers)
-                .await?;
-        }
-
-        if spec.command.is_some() && dashboard.is_some() {
-            // A command starts working at once: the cluster must be there before it.
-            self.wait_ready(id, None, dashboard.as_deref(), spec.workers, spec.ready_timeout)
-                .await?;
         }
         let name = format!("berth-{id}-session");
         let mut labels = common.clone();
         labels.insert(label::ROLE.into(), ROLE_SESSION.into());
         labels.insert(label::TOKEN.into(), token.into());
-        let (cmd, publish) = match &spec.command {
-            Some(cmd) => (cmd.clone(), None),
-            None => (
-                vec![
+        match &spec.command {
+            Some(cmd) => {
+                // A command starts working at once: the cluster must be there before it.
+                if let Some(d) = &dashboard {
+                    self.start_cluster(id, spec, &common, &network, d, false)
+                        .await?;
+                    self.wait_ready(id, None, Some(d), spec.workers, spec.ready_timeout)
+                        .await?;
+                }
+                self.run_container(
+                    &name,
+                    &spec.image,
+                    cmd.clone(),
+                    env,
+                    labels,
+                    &spec.limits,
+                    &network,
+                    None,
+                    None,
+                    false,
+                )
+                .await?;
+            }
+            None => {
+                let cmd = vec![
                     "jupyter".to_string(),
                     "lab".into(),
                     "--ip=0.0.0.0".into(),
                     "--port=8888".into(),
                     "--no-browser".into(),
                     format!("--ServerApp.base_url={base_url}"),
-                ],
-                Some((JUPYTER_PORT, spec.bind_ip.as_str(), spec.port)),
-            ),
-        };
-        self.run_container(&name, &spec.image, cmd, env, labels, &spec.limits, &network, None, publish)
-            .await?;
+                ];
+                let publish = Some((JUPYTER_PORT, spec.bind_ip.as_str(), spec.port));
+                // Jupyter and the cluster start together; creating containers takes the engine
+                // a while, and Jupyter's own start-up is the longest part.
+                let jupyter = self.run_container(
+                    &name,
+                    &spec.image,
+                    cmd,
+                    env,
+                    labels,
+                    &spec.limits,
+                    &network,
+                    None,
+                    publish,
+                    false,
+                );
+                let cluster = async {
+                    match &dashboard {
+                        Some(d) => {
+                            self.start_cluster(id, spec, &common, &network, d, STARTUP_BACKGROUND)
+                                .await
+                        }
+                        None => Ok(()),
+                    }
+                };
+                let (j, c) = tokio::join!(jupyter, cluster);
+                j?;
+                c?;
+            }
+        }
         let jupyter_base = if spec.command.is_none() {
             let port = self.published_port(&name, JUPYTER_PORT).await?;
             Some(format!("http://{}:{port}{base_url}", spec.bind_ip))
@@ -390,7 +519,79 @@ impl DockerBackend {
             spec.ready_timeout,
         )
         .await?;
+        if spec.command.is_none() && dashboard.is_some() {
+            // Started: the cluster gets its full CPU weight back.
+            for c in self.containers(Some(id)).await? {
+                let role = c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(label::ROLE))
+                    .map(String::as_str);
+                if let (Some(cid), true) = (c.id, role != Some(ROLE_SESSION)) {
+                    let body = bollard::models::ContainerUpdateBody {
+                        cpu_shares: Some(1024),
+                        ..Default::default()
+                    };
+                    self.docker
+                        .update_container(&cid, body)
+                        .await
+                        .map_err(engine)?;
+                }
+            }
+        }
         self.get(id).await
+    }
+
+    /// Starts the scheduler, published at `dashboard`'s port, then the workers, concurrently.
+    async fn start_cluster(
+        &self,
+        id: &str,
+        spec: &SessionSpec,
+        common: &HashMap<String, String>,
+        network: &str,
+        dashboard: &str,
+        background: bool,
+    ) -> Result<(), LaunchError> {
+        let port: u16 = dashboard
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| LaunchError::Engine(format!("bad dashboard address {dashboard}")))?;
+        let name = format!("berth-{id}-scheduler");
+        let mut labels = common.clone();
+        labels.insert(label::ROLE.into(), ROLE_SCHEDULER.into());
+        let cmd = [
+            "dask",
+            "scheduler",
+            "--port",
+            "8786",
+            "--dashboard-address",
+            ":8787",
+        ]
+        .map(String::from)
+        .to_vec();
+        self.run_container(
+            &name,
+            &spec.image,
+            cmd,
+            vec![format!("PYTHONPATH={}", spec.repo_dir)],
+            labels,
+            &spec.limits,
+            network,
+            Some("scheduler"),
+            Some((DASHBOARD_PORT, &spec.bind_ip, Some(port))),
+            background,
+        )
+        .await?;
+        let w = Workers {
+            session: id,
+            image: &spec.image,
+            common,
+            limits: &spec.limits,
+            repo_dir: &spec.repo_dir,
+            background,
+        };
+        self.add_workers(&w, 1..=spec.workers).await
     }
 
     /// Runs a Python snippet in the scheduler container (for retiring workers).
@@ -429,8 +630,11 @@ impl DockerBackend {
     }
 
     fn session_from(id: &str, containers: &[ContainerSummary]) -> Option<Session> {
-        let role_of = |c: &ContainerSummary| c.labels.as_ref().and_then(|l| l.get(label::ROLE)).cloned();
-        let session = containers.iter().find(|c| role_of(c).as_deref() == Some(ROLE_SESSION))?;
+        let role_of =
+            |c: &ContainerSummary| c.labels.as_ref().and_then(|l| l.get(label::ROLE)).cloned();
+        let session = containers
+            .iter()
+            .find(|c| role_of(c).as_deref() == Some(ROLE_SESSION))?;
         let labels = session.labels.clone().unwrap_or_default();
         let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
         let running = |c: &ContainerSummary| c.state == Some(ContainerSummaryStateEnum::RUNNING);
@@ -501,7 +705,11 @@ impl Backend for DockerBackend {
             .take(24)
             .collect();
         let hint = hint.trim_matches('-');
-        let id = format!("{}-{}", if hint.is_empty() { "session" } else { hint }, random_hex(4));
+        let id = format!(
+            "{}-{}",
+            if hint.is_empty() { "session" } else { hint },
+            random_hex(4)
+        );
         let token = random_hex(16);
         let span = info_span!("launch", session = %id, image = %spec.image, workers = spec.workers);
         let result = self.start_inner(spec, &id, &token).instrument(span).await;
@@ -519,7 +727,12 @@ impl Backend for DockerBackend {
     async fn list(&self) -> Result<Vec<Session>, LaunchError> {
         let mut by_session: HashMap<String, Vec<ContainerSummary>> = HashMap::new();
         for c in self.containers(None).await? {
-            if let Some(s) = c.labels.as_ref().and_then(|l| l.get(label::SESSION)).cloned() {
+            if let Some(s) = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(label::SESSION))
+                .cloned()
+            {
                 by_session.entry(s).or_default().push(c);
             }
         }
@@ -545,7 +758,10 @@ impl Backend for DockerBackend {
                 max: session.max_workers,
             });
         }
-        let Some(dashboard) = session.dashboard_url.as_deref().map(|d| d.trim_end_matches("/status").to_string())
+        let Some(dashboard) = session
+            .dashboard_url
+            .as_deref()
+            .map(|d| d.trim_end_matches("/status").to_string())
         else {
             return Err(LaunchError::Scheduler(format!(
                 "session {id} has no Dask cluster (it was launched with --workers 0)"
@@ -561,7 +777,10 @@ impl Backend for DockerBackend {
                 if l.get(label::ROLE).map(String::as_str) != Some(ROLE_WORKER) {
                     continue;
                 }
-                let idx: u32 = l.get(label::WORKER).and_then(|i| i.parse().ok()).unwrap_or(0);
+                let idx: u32 = l
+                    .get(label::WORKER)
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(0);
                 max_index = max_index.max(idx);
                 let name = format!("berth-{id}-worker-{idx}");
                 if c.state == Some(ContainerSummaryStateEnum::RUNNING) {
@@ -577,7 +796,13 @@ impl Backend for DockerBackend {
             if workers > current {
                 let labels = containers
                     .iter()
-                    .find(|c| c.labels.as_ref().and_then(|l| l.get(label::ROLE)).map(String::as_str) == Some(ROLE_SESSION))
+                    .find(|c| {
+                        c.labels
+                            .as_ref()
+                            .and_then(|l| l.get(label::ROLE))
+                            .map(String::as_str)
+                            == Some(ROLE_SESSION)
+                    })
                     .and_then(|c| c.labels.clone())
                     .unwrap_or_default();
                 let limits: Limits = labels
@@ -591,11 +816,25 @@ impl Backend for DockerBackend {
                 if self.docker.inspect_image(&image).await.is_err() {
                     return Err(LaunchError::ImageMissing(image));
                 }
-                let repo_dir = common.get(label::REPO_DIR).cloned().unwrap_or_else(|| "/home/jovyan".into());
-                self.add_workers(id, &image, &common, &limits, &repo_dir, max_index + 1..=max_index + (workers - current))
+                let repo_dir = common
+                    .get(label::REPO_DIR)
+                    .cloned()
+                    .unwrap_or_else(|| "/home/jovyan".into());
+                let w = Workers {
+                    session: id,
+                    image: &image,
+                    common: &common,
+                    limits: &limits,
+                    repo_dir: &repo_dir,
+                    background: false,
+                };
+                self.add_workers(&w, max_index + 1..=max_index + (workers - current))
                     .await?;
             } else if workers < current {
-                let retire: Vec<String> = running[workers as usize..].iter().map(|(_, n)| n.clone()).collect();
+                let retire: Vec<String> = running[workers as usize..]
+                    .iter()
+                    .map(|(_, n)| n.clone())
+                    .collect();
                 let names = serde_json::to_string(&retire).unwrap_or_default();
                 let code = format!(
                     "from distributed import Client\n\
@@ -606,11 +845,20 @@ impl Backend for DockerBackend {
                 self.scheduler_python(id, &code).await?;
                 for name in &retire {
                     let opts = RemoveContainerOptionsBuilder::new().force(true).build();
-                    self.docker.remove_container(name, Some(opts)).await.map_err(engine)?;
+                    self.docker
+                        .remove_container(name, Some(opts))
+                        .await
+                        .map_err(engine)?;
                 }
             }
-            self.wait_ready(id, None, Some(&dashboard), workers, Duration::from_secs(120))
-                .await
+            self.wait_ready(
+                id,
+                None,
+                Some(&dashboard),
+                workers,
+                Duration::from_secs(120),
+            )
+            .await
         }
         .instrument(span)
         .await?;
@@ -634,7 +882,10 @@ impl Backend for DockerBackend {
         cs.sort_by_key(|c| c.names.clone());
         let mut out = String::new();
         for c in cs {
-            let name = c.names.and_then(|n| n.into_iter().next()).unwrap_or_default();
+            let name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .unwrap_or_default();
             let name = name.trim_start_matches('/').to_string();
             let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
             let mut s = self.docker.logs(&name, Some(opts));
@@ -650,7 +901,11 @@ impl Backend for DockerBackend {
 
     async fn attach(&self, id: &str) -> Result<i64, LaunchError> {
         let name = format!("berth-{id}-session");
-        let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).follow(true).build();
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .build();
         let mut s = self.docker.logs(&name, Some(opts));
         while let Some(item) = s.next().await {
             match item.map_err(engine)? {
@@ -673,7 +928,10 @@ impl Backend for DockerBackend {
         }
     }
 
-    async fn last_activity(&self, id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError> {
+    async fn last_activity(
+        &self,
+        id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError> {
         let s = self.get(id).await?;
         if s.status == SessionStatus::Stopped || s.url.is_empty() {
             return Ok(None);

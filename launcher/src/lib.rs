@@ -109,7 +109,8 @@ impl OpenPath {
             || p.contains("://")
             || p.contains('\\')
             || p.chars().any(|c| c.is_control())
-            || p.split(['/', '?', '#']).any(|seg| seg == ".." || seg == "%2e%2e" || seg == "%2E%2E");
+            || p.split(['/', '?', '#'])
+                .any(|seg| seg == ".." || seg == "%2e%2e" || seg == "%2E%2E");
         if bad {
             return Err(LaunchError::InvalidPath(raw.clone()));
         }
@@ -230,7 +231,10 @@ pub trait Backend: Send + Sync {
     /// exit status (for `berth run`).
     async fn attach(&self, id: &str) -> Result<i64, LaunchError>;
     /// When the session's Jupyter server last saw activity; `None` when it cannot tell.
-    async fn last_activity(&self, id: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError>;
+    async fn last_activity(
+        &self,
+        id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError>;
 }
 
 /// Stops every session (or every one of `only`) whose Jupyter server reported no activity for
@@ -274,7 +278,9 @@ pub(crate) fn random_hex(bytes: usize) -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        buf.iter_mut().enumerate().for_each(|(i, b)| *b = (t >> (i % 16 * 8)) as u8);
+        buf.iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (t >> (i % 16 * 8)) as u8);
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -285,9 +291,24 @@ mod tests {
 
     #[test]
     fn open_paths() {
-        assert_eq!(OpenPath::LabPath("index.ipynb".into()).url_path().unwrap(), "lab/tree/index.ipynb");
-        assert_eq!(OpenPath::UrlPath("/voila/render/a.ipynb".into()).url_path().unwrap(), "voila/render/a.ipynb");
-        for bad in ["../x", "a/../../b", "http://evil.example/", "//evil.example", "a\\b", "x/%2e%2e/y"] {
+        assert_eq!(
+            OpenPath::LabPath("index.ipynb".into()).url_path().unwrap(),
+            "lab/tree/index.ipynb"
+        );
+        assert_eq!(
+            OpenPath::UrlPath("/voila/render/a.ipynb".into())
+                .url_path()
+                .unwrap(),
+            "voila/render/a.ipynb"
+        );
+        for bad in [
+            "../x",
+            "a/../../b",
+            "http://evil.example/",
+            "//evil.example",
+            "a\\b",
+            "x/%2e%2e/y",
+        ] {
             assert!(OpenPath::UrlPath(bad.into()).url_path().is_err(), "{bad}");
         }
     }

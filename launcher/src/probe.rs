@@ -30,7 +30,11 @@ pub struct JupyterStatus {
 ///
 /// # Errors
 /// A one-line reason when it does not answer 200 with the status JSON.
-pub async fn jupyter_status(client: &reqwest::Client, base: &str, token: &str) -> Result<JupyterStatus, String> {
+pub async fn jupyter_status(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> Result<JupyterStatus, String> {
     let url = format!("{base}api/status");
     let resp = client
         .get(&url)
@@ -51,7 +55,11 @@ pub async fn jupyter_status(client: &reqwest::Client, base: &str, token: &str) -
 /// A one-line reason when it does not answer.
 pub async fn dask_workers(client: &reqwest::Client, dashboard: &str) -> Result<u32, String> {
     let url = format!("{dashboard}/json/counts.json");
-    let resp = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("{url}: HTTP {}", resp.status()));
     }

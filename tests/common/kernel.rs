@@ -18,7 +18,9 @@ pub struct CellResult {
 /// (`http://host:port/base/`) and the token.
 pub fn server_of(url: &str, open: &str) -> (String, String) {
     let (path, token) = url.split_once("?token=").expect("url has a token");
-    let base = path.strip_suffix(open).expect("url ends with the opened path");
+    let base = path
+        .strip_suffix(open)
+        .expect("url ends with the opened path");
     (base.to_string(), token.to_string())
 }
 
@@ -42,7 +44,9 @@ pub async fn execute(base: &str, token: &str, code: &str) -> CellResult {
         "{}api/kernels/{kid}/channels?token={token}",
         base.replacen("http://", "ws://", 1)
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str()).await.expect("websocket");
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .expect("websocket");
     let msg_id = format!("berth-test-{}", std::process::id());
     let request = json!({
         "header": {"msg_id": msg_id, "username": "berth-test", "session": "berth-test-session",
@@ -51,18 +55,26 @@ pub async fn execute(base: &str, token: &str, code: &str) -> CellResult {
         "content": {"code": code, "silent": false, "store_history": false,
                     "user_expressions": {}, "allow_stdin": false, "stop_on_error": true}
     });
-    ws.send(Message::Text(request.to_string().into())).await.unwrap();
+    ws.send(Message::Text(request.to_string().into()))
+        .await
+        .unwrap();
     let mut result = CellResult::default();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        let next = tokio::time::timeout_at(deadline, ws.next()).await.expect("cell finished in time");
-        let Some(Ok(Message::Text(text))) = next else { continue };
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("cell finished in time");
+        let Some(Ok(Message::Text(text))) = next else {
+            continue;
+        };
         let m: Value = serde_json::from_str(&text).unwrap();
         if m["parent_header"]["msg_id"] != msg_id.as_str() || m["channel"] != "iopub" {
             continue;
         }
         match m["msg_type"].as_str().unwrap_or("") {
-            "stream" => result.output.push_str(m["content"]["text"].as_str().unwrap_or("")),
+            "stream" => result
+                .output
+                .push_str(m["content"]["text"].as_str().unwrap_or("")),
             "execute_result" => result
                 .output
                 .push_str(m["content"]["data"]["text/plain"].as_str().unwrap_or("")),

@@ -77,15 +77,24 @@ pub fn build(source: &Path, extra: &[&str]) -> Built {
     args.extend_from_slice(extra);
     let out = run_berth(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "berth build {source:?} failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "berth build {source:?} failed:\n{stderr}"
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not the JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not the JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
 /// `docker ARGS`, returning stdout; panics with stderr on failure.
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker runs");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker runs");
     assert!(
         out.status.success(),
         "docker {args:?} failed:\n{}\n{}",
@@ -102,7 +111,13 @@ pub fn in_image(image: &str, script: &str) -> String {
 
 /// The labels of an image.
 pub fn labels(image: &str) -> serde_json::Value {
-    let out = docker(&["image", "inspect", "--format", "{{json .Config.Labels}}", image]);
+    let out = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Labels}}",
+        image,
+    ]);
     serde_json::from_str(out.trim()).unwrap()
 }
 
@@ -129,19 +144,31 @@ pub fn all_images() -> Vec<String> {
 /// `git ARGS` in `dir`, which must succeed.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
-        .args(["-c", "user.name=berth-test", "-c", "user.email=test@berth.invalid"])
+        .args([
+            "-c",
+            "user.name=berth-test",
+            "-c",
+            "user.email=test@berth.invalid",
+        ])
         .args(args)
         .current_dir(dir)
         .output()
         .expect("git runs");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A work-tree clone of a fixture in a temporary folder, to commit changes on.
 pub fn clone_fixture(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["clone", "-q", fixture(name).to_str().unwrap(), "repo"]);
+    git(
+        dir.path(),
+        &["clone", "-q", fixture(name).to_str().unwrap(), "repo"],
+    );
     dir
 }
 
@@ -178,9 +205,15 @@ pub fn launch(source: &Path, extra: &[&str]) -> Launched {
     args.extend_from_slice(extra);
     let out = run_berth(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "berth launch {source:?} failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "berth launch {source:?} failed:\n{stderr}"
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not the JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not the JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -188,14 +221,20 @@ pub fn launch(source: &Path, extra: &[&str]) -> Launched {
 pub fn session_leftovers(session: &str) -> (usize, usize) {
     let filter = format!("label=berth.session={session}");
     let c = docker(&["ps", "-aq", "--filter", &filter]).lines().count();
-    let n = docker(&["network", "ls", "-q", "--filter", &filter]).lines().count();
+    let n = docker(&["network", "ls", "-q", "--filter", &filter])
+        .lines()
+        .count();
     (c, n)
 }
 
 /// `berth ls --json`, parsed.
 pub fn ls() -> Vec<serde_json::Value> {
     let out = run_berth(&["ls", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
