@@ -185,3 +185,20 @@ fn notebook_only_commit_reuses_the_environment() {
     );
     assert_eq!(old.trim(), "0");
 }
+
+#[test]
+fn repository_without_spec_files_gets_python_with_jupyter_and_dask() {
+    let r = repo_with(&[
+        ("README.md", "# Just a notebook\n"),
+        ("analysis.ipynb", "{}\n"),
+    ]);
+    let b = build(r.path(), &[]);
+    assert_eq!(b.buildpack, "python");
+    assert_jupyter_image(&b.image);
+    let out = in_image(
+        &b.image,
+        "python -c 'import dask, distributed, bokeh; print(\"IMPORTED\")'; ls $REPO_DIR",
+    );
+    assert!(out.starts_with("IMPORTED"), "{out}");
+    assert!(out.contains("analysis.ipynb"), "{out}");
+}

@@ -67,11 +67,42 @@ fn run_attaches_the_cluster_and_passes_the_exit_status() {
 #[tokio::test(flavor = "multi_thread")]
 async fn launch_execute_scale_kill_and_stop() {
     let conda = fixture("conda");
-    let launched = tokio::task::spawn_blocking(move || launch(&conda, &["--workers", "2"]))
-        .await
-        .unwrap();
+    let launched = tokio::task::spawn_blocking(move || {
+        launch(
+            &conda,
+            &["--workers", "2", "--memory", "3G", "--cpus", "1.5"],
+        )
+    })
+    .await
+    .unwrap();
     let _stop = StopOnDrop(launched.session.clone());
     assert_eq!(launched.workers, 2);
+
+    // Every container: non-root, no capabilities, no new privileges, limits.
+    let ids = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=berth.session={}", launched.session),
+    ]);
+    assert_eq!(ids.lines().count(), 4, "session, scheduler and 2 workers");
+    for id in ids.lines() {
+        let fmt = "{{.Config.User}} {{json .HostConfig.CapDrop}} {{json .HostConfig.SecurityOpt}} \
+                   {{.HostConfig.PidsLimit}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}";
+        let got = docker(&["inspect", "--format", fmt, id]);
+        assert_eq!(
+            got.split_whitespace().collect::<Vec<_>>(),
+            [
+                "1000:1000",
+                "[\"ALL\"]",
+                "[\"no-new-privileges\"]",
+                "4096",
+                "3221225472",
+                "1500000000"
+            ],
+            "{got}"
+        );
+    }
     assert_eq!(launched.token.len(), 32);
     assert!(
         launched.url.starts_with("http://127.0.0.1:"),

@@ -652,13 +652,13 @@ impl DockerBackend {
         let up = workers.iter().filter(|c| running(c)).count() as u32;
         let bind_ip = get(label::BIND_IP);
         let token = get(label::TOKEN);
-        let url = match port_of(session, 8888) {
-            Some(p) => format!(
-                "http://{bind_ip}:{p}{}{}?token={token}",
-                get(label::BASE_URL),
-                get(label::OPEN)
-            ),
-            None => String::new(),
+        let server_url = port_of(session, 8888)
+            .map(|p| format!("http://{bind_ip}:{p}{}", get(label::BASE_URL)))
+            .unwrap_or_default();
+        let url = if server_url.is_empty() {
+            String::new()
+        } else {
+            format!("{server_url}{}?token={token}", get(label::OPEN))
         };
         let dashboard_url = containers
             .iter()
@@ -675,6 +675,7 @@ impl DockerBackend {
         Some(Session {
             id: id.to_string(),
             url,
+            server_url,
             token,
             image: get(label::IMAGE),
             workers: up,
@@ -697,19 +698,15 @@ impl Backend for DockerBackend {
                 max: spec.max_workers,
             });
         }
-        let hint: String = spec
-            .name_hint
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .take(24)
-            .collect();
-        let hint = hint.trim_matches('-');
-        let id = format!(
-            "{}-{}",
-            if hint.is_empty() { "session" } else { hint },
-            random_hex(4)
-        );
+        let id = match &spec.id {
+            Some(id) => {
+                if !crate::valid_session_id(id) {
+                    return Err(LaunchError::InvalidSessionId(id.clone()));
+                }
+                id.clone()
+            }
+            None => crate::new_session_id(&spec.name_hint),
+        };
         let token = random_hex(16);
         let span = info_span!("launch", session = %id, image = %spec.image, workers = spec.workers);
         let result = self.start_inner(spec, &id, &token).instrument(span).await;
@@ -936,16 +933,11 @@ impl Backend for DockerBackend {
         if s.status == SessionStatus::Stopped || s.url.is_empty() {
             return Ok(None);
         }
-        let base = s.url.split("?token=").next().unwrap_or("");
-        let containers = self.containers(Some(id)).await?;
-        let open = containers
-            .iter()
-            .find_map(|c| c.labels.as_ref().and_then(|l| l.get(label::OPEN)).cloned())
-            .unwrap_or_default();
-        let base = base.strip_suffix(&open).unwrap_or(base);
-        Ok(probe::jupyter_status(&probe::client(), base, &s.token)
-            .await
-            .ok()
-            .and_then(|st| st.last_activity))
+        Ok(
+            probe::jupyter_status(&probe::client(), &s.server_url, &s.token)
+                .await
+                .ok()
+                .and_then(|st| st.last_activity),
+        )
     }
 }

@@ -21,6 +21,9 @@ pub enum LaunchError {
     /// No session has that id.
     #[error("no session {0:?} (see berth ls)")]
     UnknownSession(String),
+    /// A session id that is not lowercase letters, digits and dashes.
+    #[error("invalid session id {0:?}")]
+    InvalidSessionId(String),
     /// A worker count outside `0..=max`.
     #[error("cannot scale session {session} to {wanted} workers: the maximum is {max}")]
     TooManyWorkers {
@@ -121,6 +124,9 @@ impl OpenPath {
 /// How to start a session.
 #[derive(Debug, Clone)]
 pub struct SessionSpec {
+    /// The session id to use (see [`new_session_id`]); `None` makes one from `name_hint`.
+    /// A caller that sets `base_url` from the id (a proxy) chooses it first.
+    pub id: Option<String>,
     /// The image every container runs.
     pub image: String,
     /// A short name the session id starts with (the repository's name).
@@ -156,6 +162,7 @@ impl SessionSpec {
     /// published on 127.0.0.1 at a free port.
     pub fn new(image: impl Into<String>) -> Self {
         Self {
+            id: None,
             image: image.into(),
             name_hint: "session".into(),
             workers: 2,
@@ -192,6 +199,9 @@ pub struct Session {
     pub id: String,
     /// The URL to open, with the token.
     pub url: String,
+    /// Jupyter's base URL on the host, without path or token (`http://host:port/base_url/`);
+    /// empty for a command session.
+    pub server_url: String,
     /// Jupyter's token.
     pub token: String,
     /// The image.
@@ -267,6 +277,33 @@ pub async fn cull(
         }
     }
     Ok(stopped)
+}
+
+/// A new session id: up to 24 characters of `name_hint` (lowercase letters, digits, `-`), a
+/// dash and 8 random hex digits.
+pub fn new_session_id(name_hint: &str) -> String {
+    let hint: String = name_hint
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(24)
+        .collect();
+    let hint = hint.trim_matches('-');
+    format!(
+        "{}-{}",
+        if hint.is_empty() { "session" } else { hint },
+        random_hex(4)
+    )
+}
+
+/// Whether `id` has the form session ids have (so it is safe in container names and URLs).
+pub fn valid_session_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 48
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !id.starts_with('-')
 }
 
 /// A random token of 32 hex digits (128 bits).
