@@ -60,6 +60,15 @@ enum Command {
         /// The session id (see berth ls).
         session: String,
     },
+    /// Serve the web form, BinderHub-compatible launch URLs and build API, and the session proxy.
+    Serve {
+        /// Address to listen on (default 127.0.0.1:8585, or the config file's `listen`).
+        #[arg(long, env = "BERTH_LISTEN")]
+        listen: Option<String>,
+        /// YAML configuration (providers, allow/deny lists, quotas, workers, culling).
+        #[arg(long, env = "BERTH_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Stop sessions whose Jupyter server has been idle for longer than --max-idle.
     Cull {
         /// Idle time after which a session is stopped (e.g. 30m, 2h).
@@ -323,6 +332,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { session } => {
             let backend = DockerBackend::connect().await?;
             print!("{}", backend.logs(&session).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { listen, config } => {
+            let mut cfg = match config {
+                Some(path) => berth_web::Config::load(&path).map_err(anyhow::Error::msg)?,
+                None => berth_web::Config::default(),
+            };
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            eprintln!("berth: serving on http://{}", cfg.listen);
+            berth_web::serve(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cull { max_idle, sessions } => {

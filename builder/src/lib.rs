@@ -19,6 +19,7 @@ use berth_buildpacks::{BuildPlan, BuildpackError, PlanOptions, RenderOptions};
 use serde::Serialize;
 use tracing::{info, info_span, Instrument};
 
+pub use berth_buildpacks::BUILDPACK_VERSION;
 pub use engine::{Engine, ImageInfo};
 pub use fetch::{Checkout, FetchError, FetchProgress, RepoCache};
 

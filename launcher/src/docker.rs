@@ -678,6 +678,7 @@ impl DockerBackend {
             server_url,
             token,
             image: get(label::IMAGE),
+            repo_url: get("berth.repo_url"),
             workers: up,
             workers_wanted: workers.len() as u32,
             max_workers: get(label::MAX_WORKERS).parse().unwrap_or(0),

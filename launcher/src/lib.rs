@@ -206,6 +206,8 @@ pub struct Session {
     pub token: String,
     /// The image.
     pub image: String,
+    /// The repository the session was launched from (its `berth.repo_url` label), if known.
+    pub repo_url: String,
     /// Workers running.
     pub workers: u32,
     /// Workers the session should have.

@@ -1,0 +1,99 @@
+//! The server's configuration, read from YAML (`berth serve --config FILE`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything an operator can set. Every field has a default, so an empty file (or none)
+/// serves the `gh`, `gl`, `gist` and `git` providers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`host:port`).
+    pub listen: String,
+    /// The URL users reach the server at, used in launch links and events; by default
+    /// `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Base URLs of the providers, by provider name (`gh`, `gl`, `gist`): a spec's repository is
+    /// appended to it. `git` takes full clone URLs and needs none.
+    pub providers: BTreeMap<String, String>,
+    /// Regular expressions over `<provider>/<spec>`; when non-empty, only matching specs launch.
+    pub allow: Vec<String>,
+    /// Regular expressions over `<provider>/<spec>` that may not launch (as BinderHub's
+    /// `banned_specs`).
+    pub deny: Vec<String>,
+    /// Most sessions at once for one repository (0: no limit).
+    pub per_repo_quota: usize,
+    /// Most sessions at once in total (0: no limit).
+    pub total_quota: usize,
+    /// Dask workers per launched session.
+    pub workers: u32,
+    /// The most workers a session may be scaled to.
+    pub max_workers: u32,
+    /// Allow local paths and `file://` URLs through the `git` provider.
+    pub allow_local: bool,
+    /// Stop sessions idle for this many seconds (0: never).
+    pub max_idle_seconds: u64,
+    /// The CA bundle handed to builds (as `--ca-cert`); `BERTH_CA_CERT` also works.
+    pub ca_cert: Option<PathBuf>,
+    /// Build with the nearest Python when the requested one is missing.
+    pub python_fallback: bool,
+    /// Memory limit per session container, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU limit per session container, in thousandths of a CPU.
+    pub millicpus: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8585".into(),
+            public_url: None,
+            providers: BTreeMap::from([
+                ("gh".into(), "https://github.com".into()),
+                ("gl".into(), "https://gitlab.com".into()),
+                ("gist".into(), "https://gist.github.com".into()),
+            ]),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            per_repo_quota: 0,
+            total_quota: 0,
+            workers: 2,
+            max_workers: 16,
+            allow_local: false,
+            max_idle_seconds: 3600,
+            ca_cert: std::env::var_os("BERTH_CA_CERT").map(PathBuf::from),
+            python_fallback: false,
+            memory_bytes: None,
+            millicpus: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a YAML file; missing fields keep their defaults, and provider entries replace or add
+    /// to the default ones.
+    ///
+    /// # Errors
+    /// A one-line message for an unreadable file or invalid YAML.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut cfg: Config =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut providers = Config::default().providers;
+        providers.append(&mut cfg.providers);
+        cfg.providers = providers;
+        Ok(cfg)
+    }
+
+    /// The public URL, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+}
