@@ -33,8 +33,9 @@ use providers::RepoSpec;
 pub struct AppState {
     /// The configuration.
     pub config: Config,
-    engine: Engine,
-    backend: Arc<dyn Backend>,
+    /// The engine connection, made on first need and kept (so the server starts, and reports
+    /// it in `/health`, while the engine is down).
+    engine: tokio::sync::Mutex<Option<Engine>>,
     hub: Arc<builds::BuildHub>,
     allow: Vec<regex::Regex>,
     deny: Vec<regex::Regex>,
@@ -79,17 +80,20 @@ impl AppState {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        let engine = Engine::connect()
-            .await
-            .map_err(|e| ServeError::Engine(e.to_string()))?;
-        let backend = DockerBackend::with_client(engine.docker().clone());
+        let engine = match Engine::connect().await {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the Docker engine is not reachable yet");
+                eprintln!("warning: {e}");
+                None
+            }
+        };
         metrics_handle();
         Ok(Arc::new(Self {
             allow: compile(&config.allow)?,
             deny: compile(&config.deny)?,
             config,
-            engine,
-            backend: Arc::new(backend),
+            engine: tokio::sync::Mutex::new(engine),
             hub: Arc::new(builds::BuildHub::default()),
             sessions: Mutex::new(HashMap::new()),
             http: reqwest::Client::builder()
@@ -97,6 +101,29 @@ impl AppState {
                 .build()
                 .unwrap_or_default(),
         }))
+    }
+
+    /// The engine, connecting when there is no connection yet.
+    ///
+    /// # Errors
+    /// The engine's one-line error when it cannot be reached.
+    pub async fn engine(&self) -> Result<Engine, String> {
+        let mut guard = self.engine.lock().await;
+        if let Some(e) = guard.as_ref() {
+            return Ok(e.clone());
+        }
+        let e = Engine::connect().await.map_err(|e| e.to_string())?;
+        *guard = Some(e.clone());
+        Ok(e)
+    }
+
+    /// The session backend on the engine.
+    ///
+    /// # Errors
+    /// As [`AppState::engine`].
+    pub async fn backend(&self) -> Result<Arc<dyn Backend>, String> {
+        let e = self.engine().await?;
+        Ok(Arc::new(DockerBackend::with_client(e.docker().clone())))
     }
 
     fn build_request(&self, repo: &RepoSpec) -> BuildRequest {
@@ -141,7 +168,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             let max_idle = Duration::from_secs(s.config.max_idle_seconds);
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                match berth_launcher::cull(s.backend.as_ref(), max_idle, None).await {
+                let backend = match s.backend().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "culling skipped");
+                        continue;
+                    }
+                };
+                match berth_launcher::cull(backend.as_ref(), max_idle, None).await {
                     Ok(ids) => ids
                         .iter()
                         .for_each(|id| tracing::info!(session = %id, "culled")),
@@ -238,7 +272,7 @@ async fn loading_page(
         Ok((repo, open)) => render(
             LOADING_HTML,
             minijinja::context! {
-                provider => provider, spec => repo.spec, repo_url => repo.repo_url,
+                build_path => format!("/build/{provider}/{}", repo.spec), provider => provider, spec => repo.spec, repo_url => repo.repo_url,
                 reference => repo.reference, open => open,
             },
         ),
@@ -330,9 +364,16 @@ async fn run_request(
     let _ = tx
         .send(json!({"phase": "waiting", "message": "Waiting for build to start...\n"}))
         .await;
-    let (build, _) = state
-        .hub
-        .join(state.engine.clone(), state.build_request(&repo));
+    let (engine, backend) = match (state.engine().await, state.backend().await) {
+        (Ok(e), Ok(b)) => (e, b),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = tx
+                .send(json!({"phase": "failed", "message": format!("{e}\n"), "status_code": 503}))
+                .await;
+            return;
+        }
+    };
+    let (build, _) = state.hub.join(engine, state.build_request(&repo));
     let mut seen = 0;
     let mut last = Value::Null;
     loop {
@@ -362,7 +403,7 @@ async fn run_request(
             .await;
         return;
     }
-    if let Err((status, message)) = check_quota(&state, &repo).await {
+    if let Err((status, message)) = check_quota(&state, backend.as_ref(), &repo).await {
         let _ = tx
             .send(json!({"phase": "failed", "message": message, "status_code": status}))
             .await;
@@ -399,9 +440,9 @@ async fn run_request(
             format!("v2/{}/{}", repo.provider, repo.spec),
         ),
     ];
-    let backend = state.backend.clone();
+    let starter = backend.clone();
     // Not tied to the client: a launch either completes or cleans up after itself.
-    let launched = tokio::spawn(async move { backend.start(&spec).await }).await;
+    let launched = tokio::spawn(async move { starter.start(&spec).await }).await;
     metrics::gauge!("berth_launches_in_progress").decrement(1.0);
     let result = match launched {
         Ok(r) => r.map_err(|e| e.to_string()),
@@ -445,7 +486,7 @@ async fn run_request(
     });
     if tx.send(ready).await.is_err() {
         tracing::info!(session = %session.id, "client left before the session was ready; stopping it");
-        let _ = state.backend.stop(&session.id).await;
+        let _ = backend.stop(&session.id).await;
     }
 }
 
@@ -459,16 +500,16 @@ fn persistent_spec(repo: &RepoSpec, commit: &str) -> String {
     }
 }
 
-async fn check_quota(state: &AppState, repo: &RepoSpec) -> Result<(), (u16, String)> {
+async fn check_quota(
+    state: &AppState,
+    backend: &dyn Backend,
+    repo: &RepoSpec,
+) -> Result<(), (u16, String)> {
     let cfg = &state.config;
     if cfg.per_repo_quota == 0 && cfg.total_quota == 0 {
         return Ok(());
     }
-    let sessions = state
-        .backend
-        .list()
-        .await
-        .map_err(|e| (503, e.to_string()))?;
+    let sessions = backend.list().await.map_err(|e| (503, e.to_string()))?;
     if cfg.total_quota > 0 && sessions.len() >= cfg.total_quota {
         return Err((
             429,
@@ -494,7 +535,10 @@ async fn check_quota(state: &AppState, repo: &RepoSpec) -> Result<(), (u16, Stri
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let docker_ok = state.engine.docker().ping().await.is_ok();
+    let docker_ok = match state.engine().await {
+        Ok(e) => e.docker().ping().await.is_ok(),
+        Err(_) => false,
+    };
     let body = json!({
         "ok": docker_ok,
         "checks": [{"service": "Docker engine", "ok": docker_ok}],

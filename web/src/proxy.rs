@@ -91,7 +91,7 @@ async fn lookup(state: &AppState, session: &str) -> Option<(String, String)> {
     if let Some(v) = state.sessions.lock().ok()?.get(session).cloned() {
         return Some(v);
     }
-    let s = state.backend.get(session).await.ok()?;
+    let s = state.backend().await.ok()?.get(session).await.ok()?;
     if s.server_url.is_empty() {
         return None;
     }

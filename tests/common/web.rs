@@ -1,0 +1,128 @@
+//! A `berth serve` with a loopback `git daemon` serving the fixture repositories, for the web
+//! tests. Both stop when the value is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A git daemon whose `binder-examples/<name>` are the fixture repositories (and any extra
+/// repositories added with [`WebServer::serve_repo`]).
+pub struct WebServer {
+    pub url: String,
+    pub git_url: String,
+    pub root: tempfile::TempDir,
+    daemon: Child,
+    server: Child,
+}
+
+impl WebServer {
+    /// Starts both, with `extra_config` appended to the YAML configuration.
+    pub fn start(extra_config: &str) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let repos = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/repos")
+            .canonicalize()
+            .unwrap();
+        std::os::unix::fs::symlink(&repos, root.path().join("binder-examples")).unwrap();
+        std::fs::create_dir(root.path().join("local")).unwrap();
+        let git_port = free_port();
+        let daemon = Command::new("git")
+            .args([
+                "daemon",
+                "--export-all",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={git_port}"))
+            .arg(format!("--base-path={}", root.path().display()))
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts");
+        wait_for_port(git_port);
+        let port = free_port();
+        let config = root.path().join("berth.yaml");
+        std::fs::write(
+            &config,
+            format!("listen: 127.0.0.1:{port}\nproviders:\n  gh: git://127.0.0.1:{git_port}\nworkers: 1\n{extra_config}"),
+        )
+        .unwrap();
+        let server = crate::common::berth()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("berth serve starts");
+        wait_for_port(port);
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            git_url: format!("git://127.0.0.1:{git_port}"),
+            root,
+            daemon,
+            server,
+        }
+    }
+
+    /// Serves a work tree clone at `git://…/local/<name>`; returns the path in the daemon.
+    pub fn serve_repo(&self, name: &str, repo: &Path) -> PathBuf {
+        let link = self.root.path().join("local").join(name);
+        std::os::unix::fs::symlink(repo.join(".git"), &link).unwrap();
+        link
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.daemon.kill();
+        let _ = self.server.wait();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// The events of one `/build/…` request, read to the end of the stream.
+pub async fn events(client: &reqwest::Client, url: &str) -> Vec<serde_json::Value> {
+    let resp = client
+        .get(url)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .expect("build request");
+    assert_eq!(resp.status(), 200, "{url}");
+    let text = resp.text().await.unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// The phases of a list of events, consecutive duplicates merged.
+pub fn phases(events: &[serde_json::Value]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in events {
+        let p = e["phase"].as_str().unwrap_or("").to_string();
+        if out.last() != Some(&p) {
+            out.push(p);
+        }
+    }
+    out
+}
