@@ -202,7 +202,7 @@ pub enum BuildEvent {
 }
 
 /// The result of a build.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct BuildOutcome {
     /// The runnable image: the repository image (or the environment image for the
     /// `dockerfile` buildpack).

@@ -59,17 +59,8 @@ pub fn run_berth(args: &[&str]) -> Output {
     berth().args(args).output().expect("berth runs")
 }
 
-/// The result of `berth build --json`.
-#[derive(Debug, serde::Deserialize)]
-pub struct Built {
-    pub image: String,
-    pub env_image: String,
-    pub env_hash: String,
-    pub commit: String,
-    pub buildpack: String,
-    pub cached_env: bool,
-    pub seconds: f64,
-}
+/// The result of `berth build --json`: the builder's own outcome type.
+pub type Built = berth_builder::BuildOutcome;
 
 /// `berth build SOURCE --json EXTRA…`, which must succeed.
 pub fn build(source: &Path, extra: &[&str]) -> Built {
