@@ -44,7 +44,7 @@ const JUPYTER_PORT: &str = "8888/tcp";
 /// Jupyter's start-up is the critical path of a launch.
 const STARTUP_CPU_SHARES: i64 = 256;
 /// Whether the cluster starts with [`STARTUP_CPU_SHARES`].
-const STARTUP_BACKGROUND: bool = false;
+const STARTUP_BACKGROUND: bool = true;
 const DASHBOARD_PORT: &str = "8787/tcp";
 
 /// A port that is free on `ip` now (the OS picks it); the engine binds it moments later.
@@ -320,6 +320,7 @@ impl DockerBackend {
         let started = Instant::now();
         let mut jupyter_ok = jupyter.is_none();
         let mut seen = 0;
+        let mut polls: u32 = 0;
         loop {
             if !jupyter_ok {
                 if let Some((base, token)) = jupyter {
@@ -348,8 +349,15 @@ impl DockerBackend {
             if jupyter_ok && cluster_ok {
                 return Ok(());
             }
-            // A container that died will never become ready: fail now, with its role.
-            for c in self.containers(Some(session)).await? {
+            // A container that died will never become ready: fail now, with its role. (Checked
+            // once a second: listing containers costs the engine more than a probe.)
+            polls += 1;
+            let listed = if polls % 10 == 0 {
+                self.containers(Some(session)).await?
+            } else {
+                Vec::new()
+            };
+            for c in listed {
                 if c.state == Some(ContainerSummaryStateEnum::EXITED) {
                     let role = c
                         .labels
@@ -381,7 +389,7 @@ impl DockerBackend {
                     reason,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -477,9 +485,9 @@ impl DockerBackend {
                     format!("--ServerApp.base_url={base_url}"),
                 ];
                 let publish = Some((JUPYTER_PORT, spec.bind_ip.as_str(), spec.port));
-                // Jupyter and the cluster start together; creating containers takes the engine
-                // a while, and Jupyter's own start-up is the longest part.
-                let jupyter = self.run_container(
+                // Jupyter's start-up is the longest part of a launch: its container starts
+                // first, and the cluster's containers are created while it boots.
+                self.run_container(
                     &name,
                     &spec.image,
                     cmd,
@@ -490,21 +498,15 @@ impl DockerBackend {
                     None,
                     publish,
                     false,
-                );
-                let cluster = async {
-                    match &dashboard {
-                        Some(d) => {
-                            self.start_cluster(id, spec, &common, &network, d, STARTUP_BACKGROUND)
-                                .await
-                        }
-                        None => Ok(()),
-                    }
-                };
-                let (j, c) = tokio::join!(jupyter, cluster);
-                j?;
-                c?;
+                )
+                .await?;
+                if let Some(d) = &dashboard {
+                    self.start_cluster(id, spec, &common, &network, d, STARTUP_BACKGROUND)
+                        .await?;
+                }
             }
         }
+        tracing::debug!(session = id, "containers started");
         let jupyter_base = if spec.command.is_none() {
             let port = self.published_port(&name, JUPYTER_PORT).await?;
             Some(format!("http://{}:{port}{base_url}", spec.bind_ip))
