@@ -352,7 +352,7 @@ impl DockerBackend {
             // A container that died will never become ready: fail now, with its role. (Checked
             // once a second: listing containers costs the engine more than a probe.)
             polls += 1;
-            let listed = if polls % 10 == 0 {
+            let listed = if polls.is_multiple_of(10) {
                 self.containers(Some(session)).await?
             } else {
                 Vec::new()
