@@ -404,3 +404,56 @@ async fn health_reports_an_unreachable_engine() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quotas_and_allow_lists_answer_with_failed_events() {
+    let web =
+        WebServer::start("total_quota: 1\nallow:\n  - ^gh/binder-examples/(conda|setup\\.py)/\n");
+    let c = client();
+    // Not on the allow list.
+    let ev = events(
+        &c,
+        &format!("{}/build/gh/binder-examples/apt_install/master", web.url),
+    )
+    .await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0]["phase"], "failed");
+    assert_eq!(ev[0]["status_code"], 403);
+
+    // One session fits; with it running, the next is refused with BinderHub's 429 ... unless
+    // other tests' sessions already fill the quota, in which case the first is refused.
+    let first = events(
+        &c,
+        &format!("{}/build/gh/binder-examples/conda/main", web.url),
+    )
+    .await;
+    let last = first.last().unwrap().clone();
+    let _stop = (last["phase"] == "ready").then(|| {
+        StopOnDrop(
+            last["url"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string(),
+        )
+    });
+    let second = events(
+        &c,
+        &format!("{}/build/gh/binder-examples/conda/main", web.url),
+    )
+    .await;
+    let refused = second.last().unwrap();
+    assert_eq!(refused["phase"], "failed", "{second:?}");
+    assert_eq!(refused["status_code"], 429);
+    assert!(refused["message"]
+        .as_str()
+        .unwrap()
+        .contains("Too many users"));
+    assert!(
+        phases(&second).contains(&"built".to_string()),
+        "the build itself still ran: {second:?}"
+    );
+}
