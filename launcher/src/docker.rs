@@ -307,7 +307,30 @@ impl DockerBackend {
         futures_util::future::try_join_all(starts).await.map(|_| ())
     }
 
+    /// Gives the cluster's containers Docker's default CPU weight back (after Jupyter started).
+    async fn restore_cpu_shares(&self, session: &str) -> Result<(), LaunchError> {
+        for c in self.containers(Some(session)).await? {
+            let role = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(label::ROLE))
+                .map(String::as_str);
+            if let (Some(cid), true) = (c.id, role != Some(ROLE_SESSION)) {
+                let body = bollard::models::ContainerUpdateBody {
+                    cpu_shares: Some(1024),
+                    ..Default::default()
+                };
+                self.docker
+                    .update_container(&cid, body)
+                    .await
+                    .map_err(engine)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until Jupyter answers (when `jupyter` is given) and the scheduler sees `workers`.
+    /// The moment Jupyter answers, the cluster gets its full CPU weight back.
     async fn wait_ready(
         &self,
         session: &str,
@@ -325,6 +348,9 @@ impl DockerBackend {
             if !jupyter_ok {
                 if let Some((base, token)) = jupyter {
                     jupyter_ok = probe::jupyter_status(&client, base, token).await.is_ok();
+                    if jupyter_ok && dashboard.is_some() && STARTUP_BACKGROUND {
+                        self.restore_cpu_shares(session).await?;
+                    }
                     if jupyter_ok {
                         info!(
                             session,
@@ -521,26 +547,6 @@ impl DockerBackend {
             spec.ready_timeout,
         )
         .await?;
-        if spec.command.is_none() && dashboard.is_some() {
-            // Started: the cluster gets its full CPU weight back.
-            for c in self.containers(Some(id)).await? {
-                let role = c
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(label::ROLE))
-                    .map(String::as_str);
-                if let (Some(cid), true) = (c.id, role != Some(ROLE_SESSION)) {
-                    let body = bollard::models::ContainerUpdateBody {
-                        cpu_shares: Some(1024),
-                        ..Default::default()
-                    };
-                    self.docker
-                        .update_container(&cid, body)
-                        .await
-                        .map_err(engine)?;
-                }
-            }
-        }
         self.get(id).await
     }
 
