@@ -12,6 +12,11 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// The HTTP status of a GET.
+async fn status(c: &reqwest::Client, url: String) -> reqwest::StatusCode {
+    c.get(url).send().await.unwrap().status()
+}
+
 fn session_of(ready: &serde_json::Value) -> String {
     let url = ready["url"].as_str().unwrap();
     url.trim_end_matches('/')
@@ -76,22 +81,8 @@ async fn launch_through_the_api_and_the_proxy() {
         .to_str()
         .unwrap()
         .contains(&format!("Path=/user/{session}/"))));
-    assert_eq!(
-        c.get(format!("{url}api/status"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    assert_eq!(
-        c.get(format!("{url}api/status?token=0000"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(status(&c, format!("{url}api/status")).await, 403);
+    assert_eq!(status(&c, format!("{url}api/status?token=0000")).await, 403);
     let lab = c
         .get(format!("{url}lab?token={token}"))
         .send()
@@ -119,11 +110,7 @@ async fn launch_through_the_api_and_the_proxy() {
     let token2 = ready2["token"].as_str().unwrap();
     assert_ne!(token2, token);
     assert_eq!(
-        c.get(format!("{url}api/status?token={token2}"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        status(&c, format!("{url}api/status?token={token2}")).await,
         403
     );
     let other = c
@@ -134,14 +121,14 @@ async fn launch_through_the_api_and_the_proxy() {
         .unwrap();
     assert_eq!(other.status(), 403);
     assert_eq!(
-        c.get(format!(
-            "{}api/status?token={token2}",
-            ready2["url"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .status(),
+        status(
+            &c,
+            format!(
+                "{}api/status?token={token2}",
+                ready2["url"].as_str().unwrap()
+            )
+        )
+        .await,
         200
     );
 
@@ -400,7 +387,7 @@ async fn health_reports_an_unreachable_engine() {
     assert_eq!(health.status(), 503);
     let body: serde_json::Value = health.json().await.unwrap();
     assert_eq!(body["ok"], false);
-    assert_eq!(c.get(format!("{url}/")).send().await.unwrap().status(), 200);
+    assert_eq!(status(&c, format!("{url}/")).await, 200);
     let _ = server.kill();
     let _ = server.wait();
 }
