@@ -448,6 +448,7 @@ impl DockerBackend {
         common.insert(label::OPEN.into(), open.clone());
         common.insert(label::REPO_DIR.into(), spec.repo_dir.clone());
 
+        tracing::debug!(session = id, "creating network");
         self.docker
             .create_network(NetworkCreateRequest {
                 name: network.clone(),
@@ -526,6 +527,7 @@ impl DockerBackend {
                     false,
                 )
                 .await?;
+                tracing::debug!(session = id, "jupyter container started");
                 if let Some(d) = &dashboard {
                     self.start_cluster(id, spec, &common, &network, d, STARTUP_BACKGROUND)
                         .await?;
