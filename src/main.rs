@@ -447,7 +447,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let outcome = build_with_progress(&req).await?;
+    let outcome = build_with_progress(&Engine::connect().await?, &req).await?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
@@ -457,11 +457,10 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Builds (or reuses) with progress on stderr.
-async fn build_with_progress(req: &BuildRequest) -> anyhow::Result<BuildOutcome> {
-    let engine = Engine::connect().await?;
+async fn build_with_progress(engine: &Engine, req: &BuildRequest) -> anyhow::Result<BuildOutcome> {
     let progress = Progress::new();
     let report = |ev: BuildEvent| progress.event(ev);
-    let outcome = berth_builder::build(&engine, req, &report).await;
+    let outcome = berth_builder::build(engine, req, &report).await;
     progress.finish();
     outcome.with_context(|| format!("cannot build {}", req.source))
 }
@@ -484,8 +483,10 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     if let Some(open) = args.open.open() {
         open.url_path()?;
     }
-    let backend = DockerBackend::connect().await?;
-    let outcome = build_with_progress(&req).await?;
+    // One connection (and API version negotiation) serves the build and the session.
+    let engine = Engine::connect().await?;
+    let backend = DockerBackend::with_client(engine.docker().clone());
+    let outcome = build_with_progress(&engine, &req).await?;
     let mut spec = args.session.spec(&outcome.image, &req.source);
     spec.open = args.open.open();
     spec.port = args.port;
@@ -514,8 +515,10 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let req = args.opts.request();
-    let backend = DockerBackend::connect().await?;
-    let outcome = build_with_progress(&req).await?;
+    // One connection (and API version negotiation) serves the build and the session.
+    let engine = Engine::connect().await?;
+    let backend = DockerBackend::with_client(engine.docker().clone());
+    let outcome = build_with_progress(&engine, &req).await?;
     let mut spec = args.session.spec(&outcome.image, &req.source);
     spec.command = Some(args.command.clone());
     spec.labels = session_labels(&outcome, &req);
