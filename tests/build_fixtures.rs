@@ -67,6 +67,29 @@ fn conda_fixture_builds_a_working_environment() {
     assert!(again.cached_env);
     assert_eq!(again.image, b.image);
     assert_eq!(again.env_hash, b.env_hash);
+
+    // The same commit from another URL: the environment is reused, and the repository image
+    // (same name, same tree) records where this build came from, not the earlier one.
+    let dir = tempfile::tempdir().unwrap();
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            fixture("conda").to_str().unwrap(),
+            "conda.git",
+        ],
+    );
+    let elsewhere = dir.path().join("conda.git").canonicalize().unwrap();
+    let moved = build(&elsewhere, &[]);
+    assert!(moved.cached_env);
+    assert_eq!(moved.commit, b.commit);
+    assert_eq!(moved.image, b.image);
+    assert_eq!(
+        labels(&moved.image)["berth.repo_url"],
+        elsewhere.to_str().unwrap()
+    );
 }
 
 #[test]

@@ -328,8 +328,8 @@ pub fn default_image_repo(url: &str) -> String {
 /// Builds (or reuses) the images of `req`, reporting progress to `report`.
 ///
 /// The environment image is reused when `berth-env:<env hash>` exists (unless `no_cache`); the
-/// repository image is reused when an image of that name carries the same tree and env hash.
-/// A failed build tags nothing and leaves no intermediate container.
+/// repository image is reused when an image of that name carries the same labels: tree, env
+/// hash, repository URL, ref, commit and berth version. A failed build tags nothing and leaves no intermediate container.
 ///
 /// # Errors
 /// [`BuildError`] for every failure, each with a one-line message.
@@ -442,22 +442,25 @@ async fn build_inner(
             Some(n) => n.clone(),
             None => format!("{}:{}", default_image_repo(&co.url), &co.tree[..12]),
         };
+        let mut l: std::collections::BTreeMap<String, String> =
+            common.into_iter().collect();
+        l.insert(labels::KIND.to_string(), "repo".into());
+        l.insert(labels::TREE.to_string(), co.tree.clone());
+        // Reused only when every label would be the same: the same tree and environment
+        // fetched from another URL, ref or commit gets its own (thin, cheap) layer, so the
+        // labels always tell where the image came from.
         let reusable = if req.no_cache {
             false
         } else {
-            engine.image(&name).await?.is_some_and(|i| {
-                i.labels.get(labels::TREE) == Some(&co.tree)
-                    && i.labels.get(labels::ENV_HASH) == Some(&env_hash)
-            })
+            engine
+                .image(&name)
+                .await?
+                .is_some_and(|i| l.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
         };
         if reusable {
             report(BuildEvent::Log(format!("reusing repository image {name}")));
         } else {
             report(BuildEvent::Phase(Phase::BuildingRepo));
-            let mut l: std::collections::BTreeMap<String, String> =
-                common.clone().into_iter().collect();
-            l.insert(labels::KIND.to_string(), "repo".into());
-            l.insert(labels::TREE.to_string(), co.tree.clone());
             let df = context::repo_dockerfile(&env_image, &req.repo_dir, &l);
             let ctx = context::repo_context(&plan, &co.files, &df)
                 .map_err(|e| BuildError::Internal(e.to_string()))?;
