@@ -442,8 +442,7 @@ async fn build_inner(
             Some(n) => n.clone(),
             None => format!("{}:{}", default_image_repo(&co.url), &co.tree[..12]),
         };
-        let mut l: std::collections::BTreeMap<String, String> =
-            common.into_iter().collect();
+        let mut l: std::collections::BTreeMap<String, String> = common.into_iter().collect();
         l.insert(labels::KIND.to_string(), "repo".into());
         l.insert(labels::TREE.to_string(), co.tree.clone());
         // Reused only when every label would be the same: the same tree and environment
