@@ -241,6 +241,15 @@ async fn scenario(c: &Client, web: &WebServer, session: &mut Option<StopOnDrop>)
     )
     .await
     .context("the notebook's first cell")?;
+    // As a user does: run the cell once the notebook's kernel shows as idle (a cell run while
+    // the new notebook is still connecting its kernel can be lost by JupyterLab).
+    wait_for(
+        c,
+        ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']",
+        Duration::from_secs(60),
+    )
+    .await
+    .context("the notebook's kernel")?;
     editor.click().await?;
     editor.send_keys("print(6*7)").await?;
     editor.send_keys(&(Key::Shift + &Key::Enter)).await?;
