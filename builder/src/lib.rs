@@ -329,7 +329,8 @@ pub fn default_image_repo(url: &str) -> String {
 ///
 /// The environment image is reused when `berth-env:<env hash>` exists (unless `no_cache`); the
 /// repository image is reused when an image of that name carries the same labels: tree, env
-/// hash, repository URL, ref, commit and berth version. A failed build tags nothing and leaves no intermediate container.
+/// hash, repository URL, ref, commit and berth version. A failed build tags nothing and leaves
+/// no intermediate container.
 ///
 /// # Errors
 /// [`BuildError`] for every failure, each with a one-line message.
