@@ -241,8 +241,7 @@ async fn scenario(c: &Client, web: &WebServer, session: &mut Option<StopOnDrop>)
     )
     .await
     .context("the notebook's first cell")?;
-    // As a user does: run the cell once the notebook's kernel shows as idle (a cell run while
-    // the new notebook is still connecting its kernel can be lost by JupyterLab).
+    // As a user does: run the cell once the notebook's kernel shows as idle.
     wait_for(
         c,
         ".jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status='idle']",
