@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berth_builder::{BuildEvent, BuildOutcome, BuildRequest, Engine, Phase};
-use berth_launcher::{Backend, DockerBackend, Limits, OpenPath, SessionSpec, SessionStatus};
+use berth_launcher::{Backend, DockerBackend, Limits, OpenPath, SessionSpec};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -88,9 +88,10 @@ struct SessionOpts {
     /// The most workers `berth scale` may reach.
     #[arg(long, env = "BERTH_MAX_WORKERS", default_value_t = 16)]
     max_workers: u32,
-    /// Memory limit per container, in bytes or with a K, M, G or T suffix (powers of 1024).
-    #[arg(long, env = "BERTH_MEMORY", value_parser = parse_bytes)]
-    memory: Option<u64>,
+    /// Memory limit per container, in bytes or with a K, M, G or T suffix (powers of 1024);
+    /// 0 for none.
+    #[arg(long, env = "BERTH_MEMORY", value_parser = parse_bytes, default_value = "2G")]
+    memory: u64,
     /// CPU limit per container (e.g. 1.5).
     #[arg(long, env = "BERTH_CPUS")]
     cpus: Option<f64>,
@@ -103,6 +104,10 @@ struct SessionOpts {
     /// Seconds to wait for the session to be ready.
     #[arg(long, default_value_t = 180)]
     ready_timeout: u64,
+    /// Let the session's containers reach services of this host (through the bridge gateway);
+    /// by default a firewall rule keeps them out (needs root and iptables).
+    #[arg(long, env = "BERTH_ALLOW_HOST_ACCESS")]
+    allow_host_access: bool,
 }
 
 impl SessionOpts {
@@ -114,12 +119,13 @@ impl SessionOpts {
         spec.workers = self.workers;
         spec.max_workers = self.max_workers;
         spec.limits = Limits {
-            memory_bytes: self.memory,
+            memory_bytes: (self.memory > 0).then_some(self.memory),
             millicpus: self.cpus.map(|c| (c * 1000.0).round().max(1.0) as u64),
             pids: self.pids,
         };
         spec.bind_ip = self.bind.clone();
         spec.ready_timeout = Duration::from_secs(self.ready_timeout);
+        spec.host_access = self.allow_host_access;
         spec
     }
 }
@@ -245,6 +251,16 @@ struct BuildOpts {
     /// Refuse repositories whose files add up to more than this many bytes.
     #[arg(long, env = "BERTH_MAX_REPO_BYTES", default_value_t = berth_builder::DEFAULT_MAX_REPO_BYTES)]
     max_repo_bytes: u64,
+    /// The longest a whole build may take, fetch included (e.g. 30s, 20m, 1h).
+    #[arg(long, env = "BERTH_BUILD_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    build_timeout: Duration,
+    /// Memory limit of each build step, in bytes or with a K, M, G or T suffix (powers of
+    /// 1024); swap is not allowed beyond it.
+    #[arg(long, env = "BERTH_BUILD_MEMORY", default_value = "4G", value_parser = parse_bytes)]
+    build_memory: u64,
+    /// Most processes of the user a build step runs as (RLIMIT_NPROC).
+    #[arg(long, env = "BERTH_BUILD_PIDS", default_value_t = 4096)]
+    build_pids: u64,
 }
 
 impl BuildOpts {
@@ -259,6 +275,11 @@ impl BuildOpts {
         req.available_pythons = self.python_versions.clone();
         req.debian_mirror = self.debian_mirror.clone();
         req.max_repo_bytes = self.max_repo_bytes;
+        req.timeout = self.build_timeout;
+        req.limits = berth_builder::BuildLimits {
+            memory_bytes: Some(self.build_memory),
+            pids: Some(self.build_pids),
+        };
         req
     }
 }
@@ -286,6 +307,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -324,14 +346,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => backend.list().await?.into_iter().map(|s| s.id).collect(),
             };
             for id in ids {
-                backend.stop(&id).await?;
-                eprintln!("stopped {id}");
+                match backend.stop(&id).await {
+                    Ok(()) => eprintln!("stopped {id}"),
+                    // Gone meanwhile (another stop, a launch cleaning up after itself).
+                    Err(berth_launcher::LaunchError::UnknownSession(_)) if all => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { session } => {
             let backend = DockerBackend::connect().await?;
-            print!("{}", backend.logs(&session).await?);
+            print_out(&backend.logs(&session).await?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { listen, config } => {
@@ -348,6 +374,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Cull { max_idle, sessions } => {
             let backend = DockerBackend::connect().await?;
+            for id in &sessions {
+                backend.get(id).await?;
+            }
             let only = (!sessions.is_empty()).then_some(sessions.as_slice());
             for id in berth_launcher::cull(&backend, max_idle, only).await? {
                 println!("{id}");
@@ -437,7 +466,7 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         let quiet = |_ev: BuildEvent| {};
         let co = berth_builder::checkout(&req, &quiet).await?;
         let plan = berth_builder::plan(&req, &co)?;
-        for w in &plan.warnings {
+        for w in co.warnings.iter().chain(&plan.warnings) {
             eprintln!("warning: {w}");
         }
         if args.plan {
@@ -462,12 +491,20 @@ async fn build_with_progress(engine: &Engine, req: &BuildRequest) -> anyhow::Res
     let report = |ev: BuildEvent| progress.event(ev);
     let outcome = berth_builder::build(engine, req, &report).await;
     progress.finish();
-    outcome.with_context(|| format!("cannot build {}", req.source))
+    outcome.with_context(|| {
+        format!(
+            "cannot build {}",
+            berth_builder::shorten(&berth_builder::redact_url(&req.source))
+        )
+    })
 }
 
 fn session_labels(outcome: &BuildOutcome, req: &BuildRequest) -> Vec<(String, String)> {
     vec![
-        ("berth.repo_url".into(), req.source.clone()),
+        (
+            "berth.repo_url".into(),
+            berth_builder::redact_url(&req.source),
+        ),
         (
             "berth.ref".into(),
             req.reference.clone().unwrap_or_else(|| "HEAD".into()),
@@ -477,6 +514,8 @@ fn session_labels(outcome: &BuildOutcome, req: &BuildRequest) -> Vec<(String, St
 }
 
 async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
+    // Until the URL is printed, SIGINT and SIGTERM remove whatever the launch started.
+    let mut signals = Signals::install()?;
     let started = Instant::now();
     let req = args.opts.request();
     // Check what can be checked before anything is built or started.
@@ -486,13 +525,25 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
     let backend = DockerBackend::with_client(engine.docker().clone());
-    let outcome = build_with_progress(&engine, &req).await?;
-    let mut spec = args.session.spec(&outcome.image, &req.source);
-    spec.open = args.open.open();
-    spec.port = args.port;
-    spec.labels = session_labels(&outcome, &req);
-    eprintln!("berth: starting session ({} workers)", spec.workers);
-    let session = backend.start(&spec).await?;
+    let id = berth_launcher::new_session_id(&args.session.spec("", &req.source).name_hint);
+    let work = async {
+        let outcome = build_with_progress(&engine, &req).await?;
+        let mut spec = args.session.spec(&outcome.image, &req.source);
+        spec.id = Some(id.clone());
+        spec.open = args.open.open();
+        spec.port = args.port;
+        spec.labels = session_labels(&outcome, &req);
+        eprintln!("berth: starting session ({} workers)", spec.workers);
+        Ok::<_, anyhow::Error>(backend.start(&spec).await?)
+    };
+    let session = tokio::select! {
+        r = work => r?,
+        code = signals.recv() => {
+            eprintln!("berth: interrupted; removing session {id}");
+            remove_session(&backend, &id).await?;
+            return Ok(ExitCode::from(128 + code));
+        }
+    };
     if args.json {
         let v = serde_json::json!({
             "session": session.id,
@@ -514,48 +565,97 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Handlers first: from here on SIGINT and SIGTERM end the work below, not the process, so
+    // whatever it started is removed.
+    let mut signals = Signals::install()?;
     let req = args.opts.request();
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
     let backend = DockerBackend::with_client(engine.docker().clone());
-    let outcome = build_with_progress(&engine, &req).await?;
-    let mut spec = args.session.spec(&outcome.image, &req.source);
-    spec.command = Some(args.command.clone());
-    spec.labels = session_labels(&outcome, &req);
-    let session = backend.start(&spec).await?;
-    eprintln!("berth: session {} running the command", session.id);
-    let result = tokio::select! {
-        r = backend.attach(&session.id) => r.map(Some),
-        _ = tokio::signal::ctrl_c() => Ok(None),
+    // The session id is chosen before anything starts, so an interrupt at any moment knows
+    // what to remove.
+    let id = berth_launcher::new_session_id(&args.session.spec("", &req.source).name_hint);
+    let work = async {
+        let outcome = build_with_progress(&engine, &req).await?;
+        let mut spec = args.session.spec(&outcome.image, &req.source);
+        spec.id = Some(id.clone());
+        spec.command = Some(args.command.clone());
+        spec.labels = session_labels(&outcome, &req);
+        let session = backend.start(&spec).await?;
+        eprintln!("berth: session {} running the command", session.id);
+        Ok::<_, anyhow::Error>(backend.attach(&session.id).await?)
     };
-    let stopped = backend.stop(&session.id).await;
-    // Interrupted (Ctrl-C): 130, as a shell reports SIGINT.
-    let code = result?.unwrap_or(130);
-    stopped?;
+    let result = tokio::select! {
+        r = work => r,
+        sig = signals.recv() => {
+            eprintln!("berth: interrupted; removing session {id}");
+            // 128 + the signal's number, as a shell reports it.
+            Ok(128 + i64::from(sig))
+        }
+    };
+    let removed = remove_session(&backend, &id).await;
+    let code = result?;
+    removed?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+        })
+    }
+
+    /// The number of the first signal received (2 or 15).
+    async fn recv(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.int.recv() => 2,
+            _ = self.term.recv() => 15,
+        }
+    }
+}
+
+/// Removes everything of session `id` (nothing there is fine). Twice, half a second apart: a
+/// container the engine was still creating when the launch was interrupted appears only after
+/// the request that created it was dropped.
+async fn remove_session(backend: &DockerBackend, id: &str) -> anyhow::Result<()> {
+    for pass in 0..2 {
+        match backend.stop(id).await {
+            Ok(()) | Err(berth_launcher::LaunchError::UnknownSession(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if pass == 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
 }
 
 async fn ls(json: bool) -> anyhow::Result<ExitCode> {
     let backend = DockerBackend::connect().await?;
     let sessions = backend.list().await?;
     if json {
-        println!("{}", serde_json::to_string(&sessions)?);
+        print_out(&format!("{}\n", serde_json::to_string(&sessions)?))?;
         return Ok(ExitCode::SUCCESS);
     }
     let now = chrono_now();
-    println!(
-        "{:<28} {:<8} {:<9} {:<9} {:<40} URL",
+    let mut text = format!(
+        "{:<28} {:<8} {:<9} {:<9} {:<40} URL\n",
         "SESSION", "AGE", "WORKERS", "STATUS", "IMAGE"
     );
     for s in sessions {
         let age = Duration::from_secs(now.saturating_sub(s.created).max(0) as u64);
-        let status = match s.status {
-            SessionStatus::Running => "running",
-            SessionStatus::Degraded => "degraded",
-            SessionStatus::Stopped => "stopped",
-        };
-        println!(
-            "{:<28} {:<8} {:<9} {:<9} {:<40} {}",
+        let status = s.status.as_str();
+        text += &format!(
+            "{:<28} {:<8} {:<9} {:<9} {:<40} {}\n",
             s.id,
             humantime::format_duration(Duration::from_secs(age.as_secs() / 60 * 60))
                 .to_string()
@@ -566,7 +666,18 @@ async fn ls(json: bool) -> anyhow::Result<ExitCode> {
             s.url
         );
     }
+    print_out(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `text` to stdout; a reader that went away (`berth ls | head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn chrono_now() -> i64 {

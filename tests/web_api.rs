@@ -17,6 +17,35 @@ async fn status(c: &reqwest::Client, url: String) -> reqwest::StatusCode {
     c.get(url).send().await.unwrap().status()
 }
 
+/// POSTs `body` to `url` over a raw connection, announcing `announced` bytes (by default the
+/// body's length); returns the response's status line. Raw, so a refused upload is read as
+/// the server's answer rather than as a broken pipe while sending.
+async fn post_status_line(url: &str, body: &[u8], announced: Option<u64>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let length = announced.unwrap_or(body.len() as u64);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let _ = stream.write_all(body).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
 fn session_of(ready: &serde_json::Value) -> String {
     let url = ready["url"].as_str().unwrap();
     url.trim_end_matches('/')
@@ -90,6 +119,35 @@ async fn launch_through_the_api_and_the_proxy() {
         .unwrap();
     assert_eq!(lab.status(), 200);
     assert!(lab.text().await.unwrap().contains("JupyterLab"));
+
+    // Bodies: a notebook is created through the proxy; a body over the limit gets 413 from
+    // the same endpoint, and nothing is created.
+    let contents = format!("{url}api/contents?token={token}");
+    let before = c
+        .get(&contents)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    let small = post_status_line(&contents, br#"{"type": "notebook"}"#, None).await;
+    assert!(small.contains(" 201 "), "{small}");
+    let big = post_status_line(&contents, br#"{"type": "notebook"}"#, Some(600 << 20)).await;
+    assert!(big.contains(" 413 "), "{big}");
+    let after = c
+        .get(&contents)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        after["content"].as_array().unwrap().len(),
+        before["content"].as_array().unwrap().len() + 1,
+        "exactly the small POST created a notebook"
+    );
 
     // A kernel executes code through the proxy's WebSocket, with the cluster attached.
     let cell = execute(&url, &token, "from distributed import Client\nc = Client()\nprint('SUM', sum(c.gather(c.map(lambda x: x * x, range(10)))))").await;
@@ -318,7 +376,7 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
         last["message"].as_str().unwrap().contains("unknown ref"),
         "{last}"
     );
-    // Unknown sessions and oversized bodies.
+    // Unknown sessions.
     assert_eq!(
         get("/user/nobody-00000000/api/status?token=x".into(), false)
             .await
@@ -326,12 +384,6 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
             .status(),
         404
     );
-    let big = c
-        .post(format!("{}/user/nobody-00000000/api/contents", web.url))
-        .body(vec![b'x'; 600 << 20])
-        .send()
-        .await;
-    assert!(big.map(|r| r.status().as_u16() >= 400).unwrap_or(true));
 
     // Still serving, and the pages and badges are there.
     let home = get("/".into(), false).await.unwrap();
@@ -394,8 +446,11 @@ async fn health_reports_an_unreachable_engine() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quotas_and_allow_lists_answer_with_failed_events() {
-    let web =
-        WebServer::start("total_quota: 1\nallow:\n  - ^gh/binder-examples/(conda|setup\\.py)/\n");
+    // The per-repository quota counts sessions of this server's repository URL (its own git
+    // daemon's port), which no other test launches: the count starts at 0 whatever else runs.
+    let web = WebServer::start(
+        "per_repo_quota: 1\nallow:\n  - ^gh/binder-examples/(conda|setup\\.py)/\n",
+    );
     let c = client();
     // Not on the allow list.
     let ev = events(
@@ -407,26 +462,18 @@ async fn quotas_and_allow_lists_answer_with_failed_events() {
     assert_eq!(ev[0]["phase"], "failed");
     assert_eq!(ev[0]["status_code"], 403);
 
-    // One session fits; with it running, the next is refused with BinderHub's 429 ... unless
-    // other tests' sessions already fill the quota, in which case the first is refused.
+    // One session fits; with it running, the next is refused with BinderHub's 429.
     let first = events(
         &c,
         &format!("{}/build/gh/binder-examples/conda/main", web.url),
     )
     .await;
     let last = first.last().unwrap().clone();
-    let _stop = (last["phase"] == "ready").then(|| {
-        StopOnDrop(
-            last["url"]
-                .as_str()
-                .unwrap()
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap()
-                .to_string(),
-        )
-    });
+    assert_eq!(
+        last["phase"], "ready",
+        "the first launch fits the quota: {first:?}"
+    );
+    let _stop = StopOnDrop(session_of(&last));
     let second = events(
         &c,
         &format!("{}/build/gh/binder-examples/conda/main", web.url),
@@ -443,4 +490,273 @@ async fn quotas_and_allow_lists_answer_with_failed_events() {
         phases(&second).contains(&"built".to_string()),
         "the build itself still ran: {second:?}"
     );
+}
+
+/// The `failed` event of a build of `url` (a `git` provider spec), with the URL itself replaced
+/// by `<url>`, and how long the answer took.
+async fn fetch_failure(
+    c: &reqwest::Client,
+    web: &WebServer,
+    url: &str,
+) -> (serde_json::Value, Vec<String>, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let spec = format!("{}/main", utf8_percent_encode(url, NON_ALPHANUMERIC));
+    let ev = events(c, &format!("{}/build/git/{spec}", web.url)).await;
+    let took = started.elapsed();
+    let mut last = ev.last().unwrap().clone();
+    assert_eq!(last["phase"], "failed", "{url}: {ev:?}");
+    let message = last["message"].as_str().unwrap().replace(url, "<url>");
+    last["message"] = message.into();
+    (last, phases(&ev), took)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_hosts_are_refused_and_fetch_failures_read_the_same() {
+    let c = client();
+    // A closed port: bound, then released.
+    let closed = common::web::free_port();
+
+    // Without `allow_private_hosts`, loopback is refused: the server's own port (something
+    // answers there) reads exactly as a closed port, and at once.
+    let web = WebServer::start_raw("");
+    let port = web.url.rsplit(':').next().unwrap().to_string();
+    let own = format!("http://127.0.0.1:{port}/health");
+    let (a, pa, took) = fetch_failure(&c, &web, &own).await;
+    let (b, pb, _) = fetch_failure(&c, &web, &format!("http://127.0.0.1:{closed}/health")).await;
+    assert_eq!(a, b, "an open and a closed port read differently");
+    assert_eq!(pa, pb);
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap()
+            .contains("the repository could not be fetched"),
+        "{a}"
+    );
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    // Schemes other than https, http and git are refused the same way.
+    let (s, _, _) = fetch_failure(&c, &web, "ssh://127.0.0.1:22/repo.git").await;
+    assert_eq!(s, a);
+    drop(web);
+
+    // With loopback allowed (as the other tests run), the fetch itself fails, and still
+    // reads the same whatever answers at the port.
+    let web = WebServer::start("");
+    let port = web.url.rsplit(':').next().unwrap().to_string();
+    let (a2, pa2, _) = fetch_failure(&c, &web, &format!("http://127.0.0.1:{port}/health")).await;
+    let (b2, pb2, _) = fetch_failure(&c, &web, &format!("http://127.0.0.1:{closed}/health")).await;
+    assert_eq!(a2, b2, "an open and a closed port read differently");
+    assert_eq!(pa2, pb2);
+    assert_eq!(a2, a, "a refused host reads as a failed fetch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abandoned_builds_are_cancelled_after_the_grace_period() {
+    let web = WebServer::start("abandoned_build_grace_seconds: 3\n");
+    // A repository whose postBuild never ends.
+    let dir = clone_fixture("setup.py");
+    let repo = dir.path().join("repo");
+    let marker = format!("POSTBUILD-STARTED-{}", std::process::id());
+    // A duration no other process has, to find the build step's process on the host.
+    let sleep_arg = format!("{}.{}", 86_400 * 365, std::process::id());
+    let post_build = repo.join("postBuild");
+    std::fs::write(
+        &post_build,
+        format!("#!/bin/bash\necho {marker}\nexec sleep {sleep_arg}\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&post_build, std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-qm", "a postBuild that sleeps forever"]);
+    web.serve_repo("forever", &repo);
+    let url = format!("{}/build/gh/local/forever/master?build_only=true", web.url);
+    let c = client();
+    let in_progress = || async {
+        let h: serde_json::Value = c
+            .get(format!("{}/health", web.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        h["builds_in_progress"].as_u64().unwrap()
+    };
+
+    // Follow the build until postBuild runs, then leave.
+    let mut resp = c
+        .get(&url)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !seen.contains(&marker) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postBuild never ran: {seen}"
+        );
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(300), resp.chunk())
+            .await
+            .expect("build output")
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains("\"phase\":\"failed\""), "{seen}");
+    assert_eq!(in_progress().await, 1);
+    // The build step's process, seen from the host (the engine runs on this machine).
+    let sleeping = || {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .expect("ps runs");
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.trim() == format!("sleep {sleep_arg}"))
+    };
+    let mut visible = false;
+    for _ in 0..50 {
+        visible = sleeping();
+        if visible {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(visible, "postBuild's sleep is not visible on the host");
+    drop(resp);
+
+    // Cancelled after the grace period (plus the time to notice the client left).
+    let start = std::time::Instant::now();
+    while in_progress().await != 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the abandoned build still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        start.elapsed() >= std::time::Duration::from_secs(2),
+        "cancelled before the grace period: {:?}",
+        start.elapsed()
+    );
+    // Nothing of the build goes on: its step's process is gone.
+    let start = std::time::Instant::now();
+    while sleeping() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the cancelled build's step still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let metrics = c
+        .get(format!("{}/metrics", web.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("berth_builds_total{status=\"cancelled\"} 1"),
+        "{metrics}"
+    );
+
+    // A later request starts a new build (the cancelled one is not joined).
+    let mut again = c
+        .get(&url)
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let first = again.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("waiting"));
+    let start = std::time::Instant::now();
+    while in_progress().await != 1 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(again);
+    let start = std::time::Instant::now();
+    while in_progress().await != 0 {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60));
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_logged_one_line_each_without_tokens() {
+    let web = WebServer::start("");
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(status(&c, format!("{}/health", web.url)).await, 200);
+    }
+    let secret = "f00dfeedf00dfeedf00dfeedf00dfeed";
+    assert_eq!(
+        status(
+            &c,
+            format!("{}/user/nobody-00000000/api/status?token={secret}", web.url)
+        )
+        .await,
+        404
+    );
+    // The log line is written when the response starts; give the writer a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let log = web.log_text();
+    let health: Vec<&str> = log.lines().filter(|l| l.contains("path=/health")).collect();
+    assert_eq!(health.len(), 3, "{log}");
+    for l in &health {
+        assert!(
+            l.contains("INFO") && l.contains("method=GET") && l.contains("status=200"),
+            "{l}"
+        );
+        assert!(l.contains("latency="), "{l}");
+    }
+    let proxied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("path=/user/nobody-00000000/api/status"))
+        .collect();
+    assert_eq!(proxied.len(), 1, "{log}");
+    assert!(proxied[0].contains("status=404"), "{}", proxied[0]);
+    assert!(!log.contains(secret), "the token was logged: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_clone_urls_never_reach_the_events() {
+    let web = WebServer::start("");
+    let c = client();
+    let secret = "pa55w0rd-in-the-url";
+    // The git daemon ignores credentials; the build goes on or fails, and either way the
+    // client never sees them.
+    for (url, reference) in [
+        (
+            format!(
+                "{}/binder-examples/conda",
+                web.git_url
+                    .replacen("git://", &format!("git://someone:{secret}@"), 1)
+            ),
+            "main",
+        ),
+        (
+            format!("http://someone:{secret}@127.0.0.1:9/nothing.git"),
+            "main",
+        ),
+    ] {
+        let spec = format!(
+            "{}/{reference}",
+            utf8_percent_encode(&url, NON_ALPHANUMERIC)
+        );
+        let resp = c
+            .get(format!("{}/build/git/{spec}?build_only=true", web.url))
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("\"phase\""), "{text}");
+        assert!(!text.contains(secret), "credentials in the events: {text}");
+    }
+    assert!(!web.log_text().contains(secret), "credentials in the log");
 }

@@ -3,14 +3,94 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use std::sync::{Arc, Mutex};
+
 use bollard::query_parameters::{
-    BuildImageOptions, CreateImageOptionsBuilder, RemoveImageOptionsBuilder,
+    BuildImageOptions, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncBufReadExt;
 
-use crate::BuildError;
+use crate::{BuildError, BuildLimits};
+
+/// What a build has created so far: the step container running now and the images of the
+/// steps it committed (not those reused from Docker's cache), for [`Engine::cleanup`].
+#[derive(Debug, Clone, Default)]
+pub struct BuildTrack(Arc<Mutex<Tracked>>);
+
+#[derive(Debug, Default)]
+struct Tracked {
+    container: Option<String>,
+    images: Vec<String>,
+}
+
+impl BuildTrack {
+    fn with<R>(&self, f: impl FnOnce(&mut Tracked) -> R) -> R {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+
+    /// Empties the record, returning the running container and the images, oldest first.
+    fn take(&self) -> (Option<String>, Vec<String>) {
+        self.with(|t| (t.container.take(), std::mem::take(&mut t.images)))
+    }
+
+    /// The images recorded so far (ids as the classic builder prints them: 12 hex digits).
+    pub fn images(&self) -> Vec<String> {
+        self.with(|t| t.images.clone())
+    }
+}
+
+/// Reads the classic builder's output (`Step 2/9 : RUN …`, ` ---> Running in <id>`,
+/// ` ---> Using cache`, ` ---> <id>`) to record what each step creates.
+#[derive(Debug, Default)]
+struct StepState {
+    /// The step is a `FROM`: its ` ---> <id>` names the base, which this build did not create.
+    from: bool,
+    /// The step was taken from Docker's cache.
+    cached: bool,
+}
+
+impl StepState {
+    fn line(&mut self, line: &str, track: &BuildTrack) {
+        if let Some(rest) = line.strip_prefix("Step ") {
+            if let Some((_, instruction)) = rest.split_once(" : ") {
+                self.from = instruction
+                    .trim_start()
+                    .get(..5)
+                    .is_some_and(|w| w.eq_ignore_ascii_case("from "));
+                self.cached = false;
+            }
+            return;
+        }
+        let Some(arrow) = line.strip_prefix(" ---> ") else {
+            if let Some(c) = line.strip_prefix("Removing intermediate container ") {
+                track.with(|t| {
+                    if t.container.as_deref() == Some(c.trim()) {
+                        t.container = None;
+                    }
+                });
+            }
+            return;
+        };
+        let arrow = arrow.trim();
+        if arrow == "Using cache" {
+            self.cached = true;
+        } else if let Some(c) = arrow.strip_prefix("Running in ") {
+            let c = c.trim().to_string();
+            track.with(|t| t.container = Some(c));
+        } else if arrow.len() >= 12
+            && arrow.bytes().all(|b| b.is_ascii_hexdigit())
+            && !self.from
+            && !self.cached
+        {
+            let id = arrow.to_string();
+            track.with(|t| t.images.push(id));
+        }
+    }
+}
 
 /// What berth needs to know of an image.
 #[derive(Debug, Clone)]
@@ -89,12 +169,55 @@ impl Engine {
             .map_err(engine_err)
     }
 
+    /// A client whose `POST /build` requests carry `limits`: `memory` and `memswap` (bytes; so
+    /// no swap beyond the memory limit) and `ulimits` with `nproc` (processes of the step's
+    /// user). bollard's `BuildImageOptions` has no `ulimits` and holds memory in an `i32`
+    /// (2 GiB at most), so the parameters are added to the request's query by a request
+    /// modifier; the names and formats are the Engine API's (`POST /build`, API 1.41).
+    fn limited(&self, limits: &BuildLimits) -> Docker {
+        let mut extra = String::new();
+        if let Some(m) = limits.memory_bytes {
+            extra.push_str(&format!("&memory={m}&memswap={m}"));
+        }
+        if let Some(p) = limits.pids {
+            let ulimits = format!(r#"[{{"Name":"nproc","Soft":{p},"Hard":{p}}}]"#);
+            extra.push_str("&ulimits=");
+            extra.extend(percent_encoding::utf8_percent_encode(
+                &ulimits,
+                percent_encoding::NON_ALPHANUMERIC,
+            ));
+        }
+        if extra.is_empty() {
+            return self.docker.clone();
+        }
+        self.docker.clone().with_request_modifier(move |mut req| {
+            if req.method() == http::Method::POST && req.uri().path().ends_with("/build") {
+                let uri = req.uri().to_string();
+                let joined = if req.uri().query().is_some() {
+                    format!("{uri}{extra}")
+                } else {
+                    format!("{uri}?{}", &extra[1..])
+                };
+                if let Ok(u) = http::Uri::try_from(joined) {
+                    *req.uri_mut() = u;
+                }
+            }
+            req
+        })
+    }
+
     /// Builds `context` (a tar archive) with the classic builder and tags it `tag`, passing each
-    /// log line to `log`. Intermediate containers are removed even when the build fails, and
-    /// nothing is tagged unless it succeeds.
+    /// log line to `log`. Each step's container gets `limits`. Intermediate containers are
+    /// removed even when the build fails, nothing is tagged unless it succeeds, and on failure
+    /// the images of the steps this build created (not those it reused from the cache) are
+    /// removed, so no untagged image is left. `track` records what the build has created so
+    /// far, so that a build stopped from outside (its future dropped) can be cleaned up with
+    /// [`Engine::cleanup`]; it is emptied when the build succeeds.
     ///
     /// # Errors
-    /// [`BuildError::BuildFailed`] with the engine's message when a step fails.
+    /// [`BuildError::BuildFailed`] with the engine's message when a step fails;
+    /// [`BuildError::OutOfMemory`] when a step was killed (exit code 137) under a memory limit.
+    #[allow(clippy::too_many_arguments)]
     pub async fn build(
         &self,
         context: Vec<u8>,
@@ -102,6 +225,37 @@ impl Engine {
         dockerfile: &str,
         labels: HashMap<String, String>,
         no_cache: bool,
+        limits: &BuildLimits,
+        track: &BuildTrack,
+        log: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, BuildError> {
+        let result = self
+            .build_steps(
+                context, tag, dockerfile, labels, no_cache, limits, track, log,
+            )
+            .await;
+        match result {
+            Ok(id) => {
+                track.take();
+                Ok(id)
+            }
+            Err(e) => {
+                self.cleanup(track).await;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_steps(
+        &self,
+        context: Vec<u8>,
+        tag: &str,
+        dockerfile: &str,
+        labels: HashMap<String, String>,
+        no_cache: bool,
+        limits: &BuildLimits,
+        track: &BuildTrack,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<String, BuildError> {
         let opts = BuildImageOptions {
@@ -113,23 +267,32 @@ impl Engine {
             labels: (!labels.is_empty()).then_some(labels),
             ..Default::default()
         };
-        let mut stream =
-            self.docker
-                .build_image(opts, None, Some(bollard::body_full(context.into())));
+        let docker = self.limited(limits);
+        let failed = |message: &str| {
+            let message = one_line(message);
+            match limits.memory_bytes {
+                Some(m) if message.contains("returned a non-zero code: 137") => {
+                    BuildError::OutOfMemory { mib: m >> 20 }
+                }
+                _ => BuildError::BuildFailed(message),
+            }
+        };
+        let mut stream = docker.build_image(opts, None, Some(bollard::body_full(context.into())));
         let mut id = None;
         let mut pending = String::new();
+        let mut step = StepState::default();
         while let Some(item) = stream.next().await {
             let info = match item {
                 Ok(info) => info,
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Err(BuildError::BuildFailed(one_line(&error)))
+                    return Err(failed(&error))
                 }
-                Err(e) => return Err(BuildError::BuildFailed(one_line(&e.to_string()))),
+                Err(e) => return Err(failed(&e.to_string())),
             };
             if let Some(detail) = info.error_detail {
-                return Err(BuildError::BuildFailed(one_line(
+                return Err(failed(
                     &detail.message.unwrap_or_else(|| "unknown error".into()),
-                )));
+                ));
             }
             if let Some(s) = info.stream {
                 pending.push_str(&s);
@@ -137,6 +300,7 @@ impl Engine {
                     let line: String = pending.drain(..=i).collect();
                     let line = line.trim_end();
                     if !line.is_empty() {
+                        step.line(line, track);
                         log(line);
                     }
                 }
@@ -148,6 +312,7 @@ impl Engine {
             }
         }
         if !pending.trim().is_empty() {
+            step.line(pending.trim_end(), track);
             log(pending.trim_end());
         }
         match id {
@@ -157,6 +322,59 @@ impl Engine {
                 .await?
                 .map(|i| i.id)
                 .ok_or_else(|| BuildError::BuildFailed("the engine reported no image".into())),
+        }
+    }
+
+    /// Removes what a failed or stopped build created, as `track` recorded it: the step
+    /// container still running (killed), then the step images, newest first, each only while
+    /// untagged and without children (an image another build or tag uses stays). Errors are
+    /// logged, not returned: cleaning up must never hide the build's own error.
+    pub async fn cleanup(&self, track: &BuildTrack) {
+        let (container, images) = track.take();
+        if let Some(c) = container {
+            let opts = RemoveContainerOptionsBuilder::new()
+                .force(true)
+                .v(true)
+                .build();
+            match self.docker.remove_container(&c, Some(opts)).await {
+                Ok(()) => tracing::debug!(container = %c, "removed the build step's container"),
+                Err(e) => {
+                    tracing::debug!(container = %c, error = %e, "build container already gone")
+                }
+            }
+        }
+        for id in images.iter().rev() {
+            // The engine may still be removing the step's container after a disconnect: an
+            // image in use by it cannot go yet.
+            for attempt in 0..20 {
+                match self.docker.inspect_image(id).await {
+                    Ok(i) if i.repo_tags.as_ref().is_some_and(|t| !t.is_empty()) => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                let opts = RemoveImageOptionsBuilder::new().noprune(true).build();
+                match self.docker.remove_image(id, Some(opts), None).await {
+                    Ok(_) => {
+                        tracing::debug!(image = %id, "removed a failed build's step image");
+                        break;
+                    }
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 409,
+                        message,
+                    }) if message.contains("running container")
+                        || message.contains("being used") =>
+                    {
+                        if attempt == 19 {
+                            tracing::warn!(image = %id, %message, "cannot remove a failed build's step image");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(image = %id, error = %e, "step image kept");
+                        break;
+                    }
+                }
+            }
         }
     }
 

@@ -13,6 +13,8 @@ pub mod hash;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use berth_buildpacks::{BuildPlan, BuildpackError, PlanOptions, RenderOptions};
@@ -20,8 +22,11 @@ use serde::Serialize;
 use tracing::{info, info_span, Instrument};
 
 pub use berth_buildpacks::BUILDPACK_VERSION;
+pub use engine::BuildTrack;
 pub use engine::{Engine, ImageInfo};
-pub use fetch::{Checkout, FetchError, FetchProgress, RepoCache};
+pub use fetch::{
+    redact_url, shorten, Checkout, FetchError, FetchProgress, FetchSettings, HostPolicy, RepoCache,
+};
 
 /// berth's version, recorded in image labels.
 pub const BERTH_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -74,6 +79,19 @@ pub enum BuildError {
     /// A build step failed.
     #[error("build failed: {0}")]
     BuildFailed(String),
+    /// A build step was killed (exit code 137) while a memory limit was set: the kernel's
+    /// out-of-memory killer stopped it.
+    #[error("build step ran out of memory (limit {mib} MiB, --build-memory)")]
+    OutOfMemory {
+        /// The limit, in MiB (2^20 bytes).
+        mib: u64,
+    },
+    /// The whole build took longer than [`BuildRequest::timeout`].
+    #[error("build timed out after {seconds} s (--build-timeout)")]
+    TimedOut {
+        /// The limit, in seconds.
+        seconds: u64,
+    },
     /// The base image could not be found, pulled or created.
     #[error("base image: {0}")]
     Base(String),
@@ -93,8 +111,8 @@ pub enum BuildError {
     Internal(String),
 }
 
-/// What to build, and how.
-#[derive(Debug, Clone)]
+/// What to build, and how. Its `Debug` form shows the source redacted ([`redact_url`]).
+#[derive(Clone)]
 pub struct BuildRequest {
     /// A Git URL (https, http, git, ssh) or a local path (work tree or bare repository).
     pub source: String,
@@ -121,6 +139,62 @@ pub struct BuildRequest {
     pub max_repo_bytes: u64,
     /// Where clones are cached.
     pub cache_dir: PathBuf,
+    /// The longest a whole build (fetch, environment, repository layer) may take;
+    /// [`DEFAULT_BUILD_TIMEOUT`] by default.
+    pub timeout: std::time::Duration,
+    /// Limits of each build step's container.
+    pub limits: BuildLimits,
+    /// Which hosts the fetch may reach (the web server sets one; the CLI fetches anything).
+    pub host_policy: Option<HostPolicy>,
+}
+
+impl std::fmt::Debug for BuildRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRequest")
+            .field("source", &redact_url(&self.source))
+            .field("reference", &self.reference)
+            .field("image_name", &self.image_name)
+            .field("no_cache", &self.no_cache)
+            .field("python_fallback", &self.python_fallback)
+            .field("available_pythons", &self.available_pythons)
+            .field("ca_cert", &self.ca_cert)
+            .field("base_image", &self.base_image)
+            .field("debian_mirror", &self.debian_mirror)
+            .field("repo_dir", &self.repo_dir)
+            .field("max_repo_bytes", &self.max_repo_bytes)
+            .field("cache_dir", &self.cache_dir)
+            .field("timeout", &self.timeout)
+            .field("limits", &self.limits)
+            .field("host_policy", &self.host_policy)
+            .finish()
+    }
+}
+
+/// The default build timeout: one hour, as BinderHub's default build timeout.
+pub const DEFAULT_BUILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Limits of the containers that run a build's steps, as BinderHub's
+/// `BuildExecutor.memory_limit`, passed to the classic builder (`POST /build`, Engine API 1.41:
+/// `memory` and `memswap`, and `ulimits` with `nproc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BuildLimits {
+    /// Memory limit of each build step's container, in bytes (swap included); `None` for none.
+    pub memory_bytes: Option<u64>,
+    /// Most processes (threads included) of the step's user, as `RLIMIT_NPROC` (`ulimit -u`);
+    /// `None` for none. The classic builder offers no pids cgroup limit; the kernel counts the
+    /// processes of that user id on the whole host, and does not apply the limit to root, so
+    /// it bounds the steps that run as the user (`postBuild`, pip and uv installs).
+    pub pids: Option<u64>,
+}
+
+impl Default for BuildLimits {
+    /// 4 GiB of memory and 4096 processes.
+    fn default() -> Self {
+        Self {
+            memory_bytes: Some(4 << 30),
+            pids: Some(4096),
+        }
+    }
 }
 
 impl BuildRequest {
@@ -139,6 +213,9 @@ impl BuildRequest {
             repo_dir: "/home/jovyan".into(),
             max_repo_bytes: DEFAULT_MAX_REPO_BYTES,
             cache_dir: default_cache_dir(),
+            timeout: DEFAULT_BUILD_TIMEOUT,
+            limits: BuildLimits::default(),
+            host_policy: None,
         }
     }
 
@@ -233,19 +310,43 @@ pub async fn checkout(
     let source = req.source.clone();
     let reference = req.reference.clone();
     let max = req.max_repo_bytes;
+    // Dropping this future (a timeout) stops the fetch on its worker thread.
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let settings = FetchSettings {
+        policy: req.host_policy.clone(),
+        cancel: Some(cancel.0.clone()),
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::task::spawn_blocking(move || {
-        cache.checkout(&source, reference.as_deref(), max, &mut |p| {
-            let _ = tx.send(p);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    // A thread of its own, not tokio's blocking pool: a fetch stuck on a silent server (whose
+    // callbacks never run to see the cancel flag) must not keep the runtime from shutting
+    // down after a timeout; the thread ends with the connection, or with the process.
+    std::thread::Builder::new()
+        .name("berth-fetch".into())
+        .spawn(move || {
+            let result =
+                cache.checkout_with(&source, reference.as_deref(), max, &settings, &mut |p| {
+                    let _ = tx.send(p);
+                });
+            let _ = done_tx.send(result);
         })
-    });
+        .map_err(|e| BuildError::Internal(format!("cannot start the fetch thread: {e}")))?;
     while let Some(p) = rx.recv().await {
         report(BuildEvent::Fetch(p));
     }
-    let co = task
+    let co = done_rx
         .await
-        .map_err(|e| BuildError::Internal(e.to_string()))??;
+        .map_err(|_| BuildError::Internal("the fetch thread ended without an answer".into()))??;
     Ok(co)
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Makes the build plan of a checked-out repository.
@@ -297,8 +398,10 @@ pub fn validate_image_name(name: &str) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// The default repository image name: `berth/<last path component>`, made a valid Docker name.
+/// The default repository image name: `berth/<last path component>`, made a valid Docker name
+/// (credentials in the URL never enter it).
 pub fn default_image_repo(url: &str) -> String {
+    let url = redact_url(url);
     let last = url
         .trim_end_matches('/')
         .rsplit(['/', ':'])
@@ -329,24 +432,62 @@ pub fn default_image_repo(url: &str) -> String {
 ///
 /// The environment image is reused when `berth-env:<env hash>` exists (unless `no_cache`); the
 /// repository image is reused when an image of that name carries the same labels: tree, env
-/// hash, repository URL, ref, commit and berth version. A failed build tags nothing and leaves
-/// no intermediate container.
+/// hash, repository URL, ref, commit and berth version.
+///
+/// The whole build, fetch included, is bounded by `req.timeout`, and each step's container by
+/// `req.limits`. A failed or timed-out build tags nothing and leaves no container and no
+/// untagged image of its own behind (an environment image it completed before failing stays,
+/// tagged and reusable). URLs in events, labels, errors and the tracing span are redacted
+/// ([`redact_url`]).
 ///
 /// # Errors
-/// [`BuildError`] for every failure, each with a one-line message.
+/// [`BuildError`] for every failure, each with a one-line message;
+/// [`BuildError::TimedOut`] when the time ran out.
 pub async fn build(
     engine: &Engine,
     req: &BuildRequest,
     report: &(dyn Fn(BuildEvent) + Send + Sync),
 ) -> Result<BuildOutcome, BuildError> {
-    let span = info_span!("build", source = %req.source, reference = ?req.reference);
-    build_inner(engine, req, report).instrument(span).await
+    let span = info_span!(
+        "build",
+        source = %shorten(&redact_url(&req.source)),
+        reference = ?req.reference.as_deref().map(shorten),
+    );
+    async {
+        let track = BuildTrack::default();
+        let fetching = AtomicBool::new(true);
+        let inner = build_inner(engine, req, report, &track, &fetching);
+        match tokio::time::timeout(req.timeout, inner).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) => {
+                engine.cleanup(&track).await;
+                Err(e)
+            }
+            Err(_) if req.host_policy.is_some() && fetching.load(Ordering::Relaxed) => {
+                // Under a host policy a fetch that hangs looks like any other failed fetch:
+                // how long a host takes to answer must not tell what it is.
+                info!(seconds = req.timeout.as_secs(), "fetch timed out");
+                Err(BuildError::Fetch(fetch::hidden(&req.source)))
+            }
+            Err(_) => {
+                engine.cleanup(&track).await;
+                info!(seconds = req.timeout.as_secs(), "build timed out");
+                Err(BuildError::TimedOut {
+                    seconds: req.timeout.as_secs(),
+                })
+            }
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 async fn build_inner(
     engine: &Engine,
     req: &BuildRequest,
     report: &(dyn Fn(BuildEvent) + Send + Sync),
+    track: &BuildTrack,
+    fetching: &AtomicBool,
 ) -> Result<BuildOutcome, BuildError> {
     let started = Instant::now();
     if let Some(name) = &req.image_name {
@@ -362,7 +503,11 @@ async fn build_inner(
 
     report(BuildEvent::Phase(Phase::Fetching));
     let co = checkout(req, report).await?;
+    fetching.store(false, Ordering::Relaxed);
     info!(commit = %co.commit, tree = %co.tree, files = co.files.len(), "fetched");
+    for w in &co.warnings {
+        report(BuildEvent::Warning(w.clone()));
+    }
     report(BuildEvent::Log(format!(
         "{} at {} is commit {}",
         co.url, co.reference, co.commit
@@ -426,7 +571,16 @@ async fn build_inner(
         l.insert(labels::KIND.to_string(), "env".into());
         let span = info_span!("build_env", %env_hash);
         engine
-            .build(ctx, &env_image, &dockerfile_path, l, req.no_cache, &mut log)
+            .build(
+                ctx,
+                &env_image,
+                &dockerfile_path,
+                l,
+                req.no_cache,
+                &req.limits,
+                track,
+                &mut log,
+            )
             .instrument(span)
             .await?;
     }
@@ -472,6 +626,8 @@ async fn build_inner(
                     "Dockerfile",
                     HashMap::new(),
                     req.no_cache,
+                    &req.limits,
+                    track,
                     &mut log,
                 )
                 .instrument(span)
@@ -510,6 +666,18 @@ async fn tag(engine: &Engine, image: &str, name: &str) -> Result<(), BuildError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_form_hides_credentials() {
+        let req = BuildRequest::new("https://u:t0ken-s3cret@example.org/r.git");
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("t0ken-s3cret"), "{shown}");
+        assert!(shown.contains("https://***@example.org/r.git"), "{shown}");
+        assert_eq!(
+            default_image_repo("https://u:t0ken-s3cret@example.org"),
+            "berth/example.org"
+        );
+    }
 
     #[test]
     fn image_names() {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
-    NetworkCreateRequest, NetworkingConfig, PortBinding,
+    Network, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
@@ -34,6 +35,12 @@ mod label {
     pub const BASE_URL: &str = "berth.base_url";
     pub const OPEN: &str = "berth.open";
     pub const REPO_DIR: &str = "berth.repo_dir";
+    /// The host port the dashboard is published on (kept when the scheduler is replaced).
+    pub const DASHBOARD_PORT: &str = "berth.dashboard_port";
+    /// Unix time (seconds) after which a session without its Jupyter container has failed.
+    pub const DEADLINE: &str = "berth.deadline";
+    /// `true` when the session may reach the host's services.
+    pub const HOST_ACCESS: &str = "berth.host_access";
 }
 
 const ROLE_SESSION: &str = "session";
@@ -70,6 +77,16 @@ struct Workers<'a> {
     limits: &'a Limits,
     repo_dir: &'a str,
     background: bool,
+}
+
+/// How a container starts besides its command.
+#[derive(Clone, Copy, Default)]
+struct StartOpts {
+    /// Starts with [`STARTUP_CPU_SHARES`] (the cluster, while Jupyter boots).
+    background: bool,
+    /// Restarted by the engine when it exits or the engine restarts (`unless-stopped`), so a
+    /// session survives an engine restart. Off for `berth run`'s command.
+    restart: bool,
 }
 
 /// Sessions as Docker containers on this machine.
@@ -116,15 +133,15 @@ impl DockerBackend {
             .map_err(engine)
     }
 
-    async fn networks(&self, session: &str) -> Result<Vec<String>, LaunchError> {
-        let filters = HashMap::from([("label", vec![format!("{}={session}", label::SESSION)])]);
+    /// The networks labelled with `session`, or with any session.
+    async fn networks(&self, session: Option<&str>) -> Result<Vec<Network>, LaunchError> {
+        let filter = match session {
+            Some(s) => format!("{}={s}", label::SESSION),
+            None => label::SESSION.to_string(),
+        };
+        let filters = HashMap::from([("label", vec![filter])]);
         let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        let nets = self
-            .docker
-            .list_networks(Some(opts))
-            .await
-            .map_err(engine)?;
-        Ok(nets.into_iter().filter_map(|n| n.id).collect())
+        self.docker.list_networks(Some(opts)).await.map_err(engine)
     }
 
     /// Removes everything labelled with the session; returns how many objects it removed.
@@ -146,7 +163,8 @@ impl DockerBackend {
                 }
             }
         }
-        for net in self.networks(session).await? {
+        for net in self.networks(Some(session)).await? {
+            let Some(net) = net.id else { continue };
             match self.docker.remove_network(&net).await {
                 Ok(()) => n += 1,
                 Err(bollard::errors::Error::DockerResponseServerError {
@@ -170,7 +188,7 @@ impl DockerBackend {
         network: &str,
         alias: Option<&str>,
         publish: Option<(&str, &str, Option<u16>)>,
-        background: bool,
+        start: StartOpts,
     ) -> Result<(), LaunchError> {
         let port_bindings = publish.map(|(port, ip, host)| {
             HashMap::from([(
@@ -186,7 +204,11 @@ impl DockerBackend {
             nano_cpus: limits.millicpus.map(|m| (m * 1_000_000) as i64),
             pids_limit: Some(limits.pids as i64),
             // Background containers yield the CPU to Jupyter while a session starts.
-            cpu_shares: background.then_some(STARTUP_CPU_SHARES),
+            cpu_shares: start.background.then_some(STARTUP_CPU_SHARES),
+            restart_policy: start.restart.then_some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
             security_opt: Some(vec!["no-new-privileges".into()]),
             cap_drop: Some(vec!["ALL".into()]),
             init: Some(true),
@@ -297,9 +319,13 @@ impl DockerBackend {
             let cmd = Self::worker_cmd("tcp://scheduler:8786", &name, limits);
             let env = vec![format!("PYTHONPATH={repo_dir}")];
             let network = network.clone();
+            let start = StartOpts {
+                background,
+                restart: true,
+            };
             async move {
                 self.run_container(
-                    &name, image, cmd, env, labels, limits, &network, None, None, background,
+                    &name, image, cmd, env, labels, limits, &network, None, None, start,
                 )
                 .await
             }
@@ -447,29 +473,48 @@ impl DockerBackend {
         common.insert(label::BASE_URL.into(), base_url.clone());
         common.insert(label::OPEN.into(), open.clone());
         common.insert(label::REPO_DIR.into(), spec.repo_dir.clone());
+        common.insert(
+            label::DEADLINE.into(),
+            (chrono::Utc::now().timestamp() + spec.ready_timeout.as_secs() as i64 + 30).to_string(),
+        );
+        common.insert(label::HOST_ACCESS.into(), spec.host_access.to_string());
+        // Host ports are chosen up front, so they stay the same when the engine restarts the
+        // containers (the session keeps its URL), and so Jupyter (the slowest to start) can
+        // start first, already knowing the dashboard link.
+        let dashboard_port = if spec.workers > 0 {
+            Some(free_port(&spec.bind_ip)?)
+        } else {
+            None
+        };
+        let dashboard = dashboard_port.map(|p| format!("http://{}:{p}", spec.bind_ip));
+        if let Some(p) = dashboard_port {
+            common.insert(label::DASHBOARD_PORT.into(), p.to_string());
+        }
+        let jupyter_port = match (spec.port, &spec.command) {
+            (Some(p), _) => Some(p),
+            (None, None) => Some(free_port(&spec.bind_ip)?),
+            (None, Some(_)) => None,
+        };
 
+        let mut options = HashMap::new();
+        if !spec.host_access {
+            crate::egress::ensure_host_guard().await?;
+            options.insert(
+                "com.docker.network.bridge.name".to_string(),
+                crate::egress::bridge_name(),
+            );
+        }
         tracing::debug!(session = id, "creating network");
         self.docker
             .create_network(NetworkCreateRequest {
                 name: network.clone(),
                 driver: Some("bridge".into()),
                 labels: Some(common.clone()),
+                options: Some(options),
                 ..Default::default()
             })
             .await
             .map_err(engine)?;
-
-        // The dashboard's host port is chosen up front, so Jupyter (the slowest to start) can
-        // start first, already knowing the dashboard link.
-        let dashboard = if spec.workers > 0 {
-            Some(format!(
-                "http://{}:{}",
-                spec.bind_ip,
-                free_port(&spec.bind_ip)?
-            ))
-        } else {
-            None
-        };
         let mut env = vec![format!("JUPYTER_TOKEN={token}")];
         if let Some(d) = &dashboard {
             env.push("DASK_SCHEDULER_ADDRESS=tcp://scheduler:8786".into());
@@ -483,7 +528,7 @@ impl DockerBackend {
             Some(cmd) => {
                 // A command starts working at once: the cluster must be there before it.
                 if let Some(d) = &dashboard {
-                    self.start_cluster(id, spec, &common, &network, d, false)
+                    self.start_cluster(id, spec, &common, &network, d, false, true)
                         .await?;
                     self.wait_ready(id, None, Some(d), spec.workers, spec.ready_timeout)
                         .await?;
@@ -498,7 +543,7 @@ impl DockerBackend {
                     &network,
                     None,
                     None,
-                    false,
+                    StartOpts::default(),
                 )
                 .await?;
             }
@@ -511,7 +556,7 @@ impl DockerBackend {
                     "--no-browser".into(),
                     format!("--ServerApp.base_url={base_url}"),
                 ];
-                let publish = Some((JUPYTER_PORT, spec.bind_ip.as_str(), spec.port));
+                let publish = Some((JUPYTER_PORT, spec.bind_ip.as_str(), jupyter_port));
                 // Jupyter's start-up is the longest part of a launch: its container starts
                 // first, and the cluster's containers are created while it boots.
                 self.run_container(
@@ -524,12 +569,15 @@ impl DockerBackend {
                     &network,
                     None,
                     publish,
-                    false,
+                    StartOpts {
+                        background: false,
+                        restart: true,
+                    },
                 )
                 .await?;
                 tracing::debug!(session = id, "jupyter container started");
                 if let Some(d) = &dashboard {
-                    self.start_cluster(id, spec, &common, &network, d, STARTUP_BACKGROUND)
+                    self.start_cluster(id, spec, &common, &network, d, STARTUP_BACKGROUND, true)
                         .await?;
                 }
             }
@@ -553,6 +601,7 @@ impl DockerBackend {
     }
 
     /// Starts the scheduler, published at `dashboard`'s port, then the workers, concurrently.
+    #[allow(clippy::too_many_arguments)]
     async fn start_cluster(
         &self,
         id: &str,
@@ -561,14 +610,40 @@ impl DockerBackend {
         network: &str,
         dashboard: &str,
         background: bool,
+        with_workers: bool,
     ) -> Result<(), LaunchError> {
         let port: u16 = dashboard
             .rsplit(':')
             .next()
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| LaunchError::Engine(format!("bad dashboard address {dashboard}")))?;
-        let name = format!("berth-{id}-scheduler");
-        let mut labels = common.clone();
+        let w = Workers {
+            session: id,
+            image: &spec.image,
+            common,
+            limits: &spec.limits,
+            repo_dir: &spec.repo_dir,
+            background,
+        };
+        self.start_scheduler(&w, network, &spec.bind_ip, port)
+            .await?;
+        if !with_workers {
+            return Ok(());
+        }
+        self.add_workers(&w, 1..=spec.workers).await
+    }
+
+    /// Starts the session's scheduler (network alias `scheduler`), its dashboard published on
+    /// `bind_ip:port`.
+    async fn start_scheduler(
+        &self,
+        w: &Workers<'_>,
+        network: &str,
+        bind_ip: &str,
+        port: u16,
+    ) -> Result<(), LaunchError> {
+        let name = format!("berth-{}-scheduler", w.session);
+        let mut labels = w.common.clone();
         labels.insert(label::ROLE.into(), ROLE_SCHEDULER.into());
         let cmd = [
             "dask",
@@ -582,26 +657,20 @@ impl DockerBackend {
         .to_vec();
         self.run_container(
             &name,
-            &spec.image,
+            w.image,
             cmd,
-            vec![format!("PYTHONPATH={}", spec.repo_dir)],
+            vec![format!("PYTHONPATH={}", w.repo_dir)],
             labels,
-            &spec.limits,
+            w.limits,
             network,
             Some("scheduler"),
-            Some((DASHBOARD_PORT, &spec.bind_ip, Some(port))),
-            background,
+            Some((DASHBOARD_PORT, bind_ip, Some(port))),
+            StartOpts {
+                background: w.background,
+                restart: true,
+            },
         )
-        .await?;
-        let w = Workers {
-            session: id,
-            image: &spec.image,
-            common,
-            limits: &spec.limits,
-            repo_dir: &spec.repo_dir,
-            background,
-        };
-        self.add_workers(&w, 1..=spec.workers).await
+        .await
     }
 
     /// Runs a Python snippet in the scheduler container (for retiring workers).
@@ -639,13 +708,22 @@ impl DockerBackend {
         Ok(out)
     }
 
-    fn session_from(id: &str, containers: &[ContainerSummary]) -> Option<Session> {
+    /// The session `id` from its containers and the labels of its network (either may be
+    /// missing: a launch killed part-way leaves some of them). `None` when neither exists.
+    fn session_from(
+        id: &str,
+        containers: &[ContainerSummary],
+        network_labels: Option<&HashMap<String, String>>,
+    ) -> Option<Session> {
         let role_of =
             |c: &ContainerSummary| c.labels.as_ref().and_then(|l| l.get(label::ROLE)).cloned();
         let session = containers
             .iter()
-            .find(|c| role_of(c).as_deref() == Some(ROLE_SESSION))?;
-        let labels = session.labels.clone().unwrap_or_default();
+            .find(|c| role_of(c).as_deref() == Some(ROLE_SESSION));
+        let labels = session
+            .or_else(|| containers.first())
+            .and_then(|c| c.labels.clone())
+            .or_else(|| network_labels.cloned())?;
         let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
         let running = |c: &ContainerSummary| c.state == Some(ContainerSummaryStateEnum::RUNNING);
         let port_of = |c: &ContainerSummary, private: u16| {
@@ -661,8 +739,13 @@ impl DockerBackend {
             .collect();
         let up = workers.iter().filter(|c| running(c)).count() as u32;
         let bind_ip = get(label::BIND_IP);
-        let token = get(label::TOKEN);
-        let server_url = port_of(session, 8888)
+        let token = if session.is_some() {
+            get(label::TOKEN)
+        } else {
+            String::new()
+        };
+        let server_url = session
+            .and_then(|s| port_of(s, 8888))
             .map(|p| format!("http://{bind_ip}:{p}{}", get(label::BASE_URL)))
             .unwrap_or_default();
         let url = if server_url.is_empty() {
@@ -670,17 +753,31 @@ impl DockerBackend {
         } else {
             format!("{server_url}{}?token={token}", get(label::OPEN))
         };
-        let dashboard_url = containers
+        let scheduler = containers
             .iter()
-            .find(|c| role_of(c).as_deref() == Some(ROLE_SCHEDULER))
-            .and_then(|c| port_of(c, 8787))
-            .map(|p| format!("http://{bind_ip}:{p}/status"));
-        let status = if !running(session) {
-            SessionStatus::Stopped
-        } else if up < workers.len() as u32 {
-            SessionStatus::Degraded
-        } else {
-            SessionStatus::Running
+            .find(|c| role_of(c).as_deref() == Some(ROLE_SCHEDULER));
+        // The dashboard's port is a label, so a session whose scheduler died still has one.
+        let dashboard_port = labels
+            .get(label::DASHBOARD_PORT)
+            .and_then(|p| p.parse::<u16>().ok())
+            .or_else(|| scheduler.and_then(|c| port_of(c, 8787)));
+        let dashboard_url = dashboard_port.map(|p| format!("http://{bind_ip}:{p}/status"));
+        let scheduler_down = dashboard_port.is_some() && !scheduler.is_some_and(running);
+        let status = match session {
+            None => {
+                let deadline: i64 = get(label::DEADLINE).parse().unwrap_or(0);
+                if chrono::Utc::now().timestamp() < deadline {
+                    SessionStatus::Starting
+                } else {
+                    SessionStatus::Failed
+                }
+            }
+            Some(s) if s.state == Some(ContainerSummaryStateEnum::CREATED) => {
+                SessionStatus::Starting
+            }
+            Some(s) if !running(s) => SessionStatus::Stopped,
+            Some(_) if scheduler_down || up < workers.len() as u32 => SessionStatus::Degraded,
+            Some(_) => SessionStatus::Running,
         };
         Some(Session {
             id: id.to_string(),
@@ -733,6 +830,8 @@ impl Backend for DockerBackend {
     }
 
     async fn list(&self) -> Result<Vec<Session>, LaunchError> {
+        // Every container and network carrying a session label counts: a launch killed
+        // part-way leaves some without the others, and `stop --all` must see them.
         let mut by_session: HashMap<String, Vec<ContainerSummary>> = HashMap::new();
         for c in self.containers(None).await? {
             if let Some(s) = c
@@ -744,17 +843,38 @@ impl Backend for DockerBackend {
                 by_session.entry(s).or_default().push(c);
             }
         }
+        let mut nets: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for n in self.networks(None).await? {
+            if let Some(l) = n.labels {
+                if let Some(s) = l.get(label::SESSION).cloned() {
+                    by_session.entry(s.clone()).or_default();
+                    nets.insert(s, l);
+                }
+            }
+        }
         let mut out: Vec<Session> = by_session
             .iter()
-            .filter_map(|(id, cs)| Self::session_from(id, cs))
+            .filter_map(|(id, cs)| Self::session_from(id, cs, nets.get(id)))
             .collect();
         out.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));
         Ok(out)
     }
 
     async fn get(&self, id: &str) -> Result<Session, LaunchError> {
+        if !crate::valid_session_id(id) {
+            return Err(LaunchError::UnknownSession(id.into()));
+        }
         let cs = self.containers(Some(id)).await?;
-        Self::session_from(id, &cs).ok_or_else(|| LaunchError::UnknownSession(id.into()))
+        let net = if cs.is_empty() {
+            self.networks(Some(id))
+                .await?
+                .into_iter()
+                .find_map(|n| n.labels)
+        } else {
+            None
+        };
+        Self::session_from(id, &cs, net.as_ref())
+            .ok_or_else(|| LaunchError::UnknownSession(id.into()))
     }
 
     async fn scale(&self, id: &str, workers: u32) -> Result<Session, LaunchError> {
@@ -765,6 +885,15 @@ impl Backend for DockerBackend {
                 wanted: workers,
                 max: session.max_workers,
             });
+        }
+        match session.status {
+            SessionStatus::Starting | SessionStatus::Failed | SessionStatus::Stopped => {
+                return Err(LaunchError::Scheduler(format!(
+                    "session {id} is {}: only a running session can be scaled (berth stop {id} removes it)",
+                    session.status.as_str()
+                )));
+            }
+            SessionStatus::Running | SessionStatus::Degraded => {}
         }
         let Some(dashboard) = session
             .dashboard_url
@@ -778,11 +907,66 @@ impl Backend for DockerBackend {
         let span = info_span!("scale", session = %id, from = session.workers, to = workers);
         async {
             let containers = self.containers(Some(id)).await?;
+            let role_of = |c: &ContainerSummary| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get(label::ROLE))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let labels = containers
+                .iter()
+                .find(|c| role_of(c) == ROLE_SESSION)
+                .and_then(|c| c.labels.clone())
+                .unwrap_or_default();
+            let limits: Limits = labels
+                .get(label::LIMITS)
+                .and_then(|l| serde_json::from_str(l).ok())
+                .unwrap_or_default();
+            let mut common: HashMap<String, String> = labels;
+            common.remove(label::TOKEN);
+            common.remove(label::ROLE);
+            let image = session.image.clone();
+            let repo_dir = common
+                .get(label::REPO_DIR)
+                .cloned()
+                .unwrap_or_else(|| "/home/jovyan".into());
+            let bind_ip = common
+                .get(label::BIND_IP)
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1".into());
+            let port: u16 = dashboard
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| LaunchError::Engine(format!("bad dashboard address {dashboard}")))?;
+            let w = Workers {
+                session: id,
+                image: &image,
+                common: &common,
+                limits: &limits,
+                repo_dir: &repo_dir,
+                background: false,
+            };
+            let remove = |name: String| async move {
+                let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+                match self.docker.remove_container(&name, Some(opts)).await {
+                    Ok(())
+                    | Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => Ok(()),
+                    Err(e) => Err(engine(e)),
+                }
+            };
+            let scheduler_up = containers.iter().any(|c| {
+                role_of(c) == ROLE_SCHEDULER && c.state == Some(ContainerSummaryStateEnum::RUNNING)
+            });
             let mut running = Vec::new();
             let mut max_index = 0;
             for c in &containers {
                 let l = c.labels.clone().unwrap_or_default();
-                if l.get(label::ROLE).map(String::as_str) != Some(ROLE_WORKER) {
+                if role_of(c) != ROLE_WORKER {
                     continue;
                 }
                 let idx: u32 = l
@@ -791,51 +975,32 @@ impl Backend for DockerBackend {
                     .unwrap_or(0);
                 max_index = max_index.max(idx);
                 let name = format!("berth-{id}-worker-{idx}");
-                if c.state == Some(ContainerSummaryStateEnum::RUNNING) {
+                if scheduler_up && c.state == Some(ContainerSummaryStateEnum::RUNNING) {
                     running.push((idx, name));
                 } else {
-                    // A worker that died is replaced, not counted.
-                    let opts = RemoveContainerOptionsBuilder::new().force(true).build();
-                    let _ = self.docker.remove_container(&name, Some(opts)).await;
+                    // A worker that died is replaced, not counted; with the scheduler gone,
+                    // every worker is (they were attached to it).
+                    remove(name).await?;
                 }
+            }
+            if !scheduler_up {
+                if self.docker.inspect_image(&image).await.is_err() {
+                    return Err(LaunchError::ImageMissing(image));
+                }
+                info!(
+                    session = id,
+                    "the scheduler is not running; starting a new one"
+                );
+                remove(format!("berth-{id}-scheduler")).await?;
+                self.start_scheduler(&w, &format!("berth-{id}"), &bind_ip, port)
+                    .await?;
             }
             running.sort();
             let current = running.len() as u32;
             if workers > current {
-                let labels = containers
-                    .iter()
-                    .find(|c| {
-                        c.labels
-                            .as_ref()
-                            .and_then(|l| l.get(label::ROLE))
-                            .map(String::as_str)
-                            == Some(ROLE_SESSION)
-                    })
-                    .and_then(|c| c.labels.clone())
-                    .unwrap_or_default();
-                let limits: Limits = labels
-                    .get(label::LIMITS)
-                    .and_then(|l| serde_json::from_str(l).ok())
-                    .unwrap_or_default();
-                let mut common: HashMap<String, String> = labels;
-                common.remove(label::TOKEN);
-                common.remove(label::ROLE);
-                let image = session.image.clone();
                 if self.docker.inspect_image(&image).await.is_err() {
                     return Err(LaunchError::ImageMissing(image));
                 }
-                let repo_dir = common
-                    .get(label::REPO_DIR)
-                    .cloned()
-                    .unwrap_or_else(|| "/home/jovyan".into());
-                let w = Workers {
-                    session: id,
-                    image: &image,
-                    common: &common,
-                    limits: &limits,
-                    repo_dir: &repo_dir,
-                    background: false,
-                };
                 self.add_workers(&w, max_index + 1..=max_index + (workers - current))
                     .await?;
             } else if workers < current {
@@ -851,12 +1016,8 @@ impl Backend for DockerBackend {
                      c.close()\n"
                 );
                 self.scheduler_python(id, &code).await?;
-                for name in &retire {
-                    let opts = RemoveContainerOptionsBuilder::new().force(true).build();
-                    self.docker
-                        .remove_container(name, Some(opts))
-                        .await
-                        .map_err(engine)?;
+                for name in retire {
+                    remove(name).await?;
                 }
             }
             self.wait_ready(

@@ -7,6 +7,7 @@
 //! server) sees every running session.
 
 mod docker;
+pub mod egress;
 pub mod probe;
 
 use std::time::Duration;
@@ -62,6 +63,9 @@ pub enum LaunchError {
     /// The Dask scheduler refused an operation.
     #[error("Dask scheduler: {0}")]
     Scheduler(String),
+    /// The rule that keeps sessions from the host's services could not be installed.
+    #[error("cannot keep the session from the host's services: {0} (or launch with --allow-host-access)")]
+    Isolation(String),
 }
 
 /// Resource limits of every container of a session.
@@ -75,10 +79,14 @@ pub struct Limits {
     pub pids: u64,
 }
 
+/// The default memory limit per session container: 2 GiB (mybinder.org gives 1–2 GB).
+pub const DEFAULT_MEMORY_BYTES: u64 = 2 << 30;
+
 impl Default for Limits {
+    /// [`DEFAULT_MEMORY_BYTES`] of memory, no CPU limit, 4096 processes.
     fn default() -> Self {
         Self {
-            memory_bytes: None,
+            memory_bytes: Some(DEFAULT_MEMORY_BYTES),
             millicpus: None,
             pids: 4096,
         }
@@ -155,6 +163,10 @@ pub struct SessionSpec {
     pub repo_dir: String,
     /// How long to wait for readiness.
     pub ready_timeout: Duration,
+    /// Whether the session's containers may reach services of the host through the bridge
+    /// gateway (berth's server, a registry, anything listening on `0.0.0.0`). Off by default;
+    /// outbound connections to other hosts work either way.
+    pub host_access: bool,
 }
 
 impl SessionSpec {
@@ -176,6 +188,7 @@ impl SessionSpec {
             labels: Vec::new(),
             repo_dir: "/home/jovyan".into(),
             ready_timeout: Duration::from_secs(180),
+            host_access: false,
         }
     }
 }
@@ -186,10 +199,29 @@ impl SessionSpec {
 pub enum SessionStatus {
     /// Jupyter (or the command) and every worker run.
     Running,
-    /// Jupyter runs, but some workers have stopped.
+    /// Jupyter runs, but the scheduler or some workers have stopped (`berth scale` heals it).
     Degraded,
     /// The session container has stopped.
     Stopped,
+    /// Parts of the session exist, but not yet its Jupyter (or command) container, and its
+    /// start deadline has not passed: a launch under way (or one killed moments ago).
+    Starting,
+    /// Parts of the session exist without its Jupyter (or command) container after its start
+    /// deadline: a launch that was killed or failed and left them; `berth stop` removes them.
+    Failed,
+}
+
+impl SessionStatus {
+    /// The status as `berth ls` prints it (`running`, `degraded`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Running => "running",
+            SessionStatus::Degraded => "degraded",
+            SessionStatus::Stopped => "stopped",
+            SessionStatus::Starting => "starting",
+            SessionStatus::Failed => "failed",
+        }
+    }
 }
 
 /// A session as the backend sees it.
@@ -236,6 +268,9 @@ pub trait Backend: Send + Sync {
     /// others) and removes their containers. Returns once the scheduler sees `workers`.
     async fn scale(&self, id: &str, workers: u32) -> Result<Session, LaunchError>;
     /// Removes every container and the network of a session.
+    ///
+    /// # Errors
+    /// [`LaunchError::UnknownSession`] when nothing carries the session's label.
     async fn stop(&self, id: &str) -> Result<(), LaunchError>;
     /// The logs of the session's containers, each line prefixed with its role.
     async fn logs(&self, id: &str) -> Result<String, LaunchError>;

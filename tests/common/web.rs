@@ -28,13 +28,24 @@ pub struct WebServer {
     pub url: String,
     pub git_url: String,
     pub root: tempfile::TempDir,
+    /// The server's stderr, logged at `BERTH_LOG=info`.
+    pub log: PathBuf,
     daemon: Child,
     server: Child,
 }
 
 impl WebServer {
-    /// Starts both, with `extra_config` appended to the YAML configuration.
+    /// Starts both, with `extra_config` appended to the YAML configuration; the git daemon on
+    /// loopback is listed in `allow_private_hosts`.
     pub fn start(extra_config: &str) -> Self {
+        Self::start_raw(&format!(
+            "allow_private_hosts: [\"127.0.0.1\"]\n{extra_config}"
+        ))
+    }
+
+    /// Starts both, with `extra_config` appended to the YAML configuration and nothing else:
+    /// without `allow_private_hosts`, the server may not fetch from loopback.
+    pub fn start_raw(extra_config: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
         let repos = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../shared/fixtures/repos")
@@ -65,11 +76,14 @@ impl WebServer {
             format!("listen: 127.0.0.1:{port}\nproviders:\n  gh: git://127.0.0.1:{git_port}\nworkers: 1\n{extra_config}"),
         )
         .unwrap();
+        let log = root.path().join("server.log");
         let server = crate::common::berth()
             .args(["serve", "--config"])
             .arg(&config)
+            .env("BERTH_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("berth serve starts");
         wait_for_port(port);
@@ -77,9 +91,30 @@ impl WebServer {
             url: format!("http://127.0.0.1:{port}"),
             git_url: format!("git://127.0.0.1:{git_port}"),
             root,
+            log,
             daemon,
             server,
         }
+    }
+
+    /// What the server has logged so far, without terminal colour codes.
+    pub fn log_text(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters final-byte.
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     /// Serves a work tree clone at `git://…/local/<name>`; returns the path in the daemon.

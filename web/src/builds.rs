@@ -1,18 +1,40 @@
 //! Shared builds: concurrent requests for the same repository and ref share one build, and
-//! each receives its whole log, also when it joins late.
+//! each receives its whole log, also when it joins late. A build whose clients have all left is
+//! cancelled after a grace period.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use berth_builder::{BuildEvent, BuildRequest, Engine, Phase};
-use serde_json::{json, Value};
+use berth_builder::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Phase};
 use tokio::sync::watch;
+
+use crate::events::Event;
+
+/// What builds images: the Docker engine in the server, a fake in tests.
+#[async_trait::async_trait]
+pub trait Builder: Send + Sync {
+    /// Builds `req`, reporting progress through `report`, as [`berth_builder::build`]. Dropping
+    /// the future cancels the build.
+    async fn build(
+        &self,
+        req: &BuildRequest,
+        report: &(dyn Fn(BuildEvent) + Send + Sync),
+    ) -> Result<BuildOutcome, BuildError>;
+
+    /// Whether the engine answers (for `/health`).
+    async fn ping(&self) -> bool;
+}
 
 /// One build's events so far, and a counter that wakes subscribers.
 pub struct SharedBuild {
-    events: Mutex<Vec<Value>>,
+    events: Mutex<Vec<Event>>,
     len: watch::Sender<usize>,
+    /// Clients following the build (see [`Subscription`]).
+    clients: AtomicUsize,
+    /// The task running the build, to cancel it.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl SharedBuild {
@@ -20,10 +42,12 @@ impl SharedBuild {
         Self {
             events: Mutex::new(Vec::new()),
             len: watch::channel(0).0,
+            clients: AtomicUsize::new(0),
+            task: Mutex::new(None),
         }
     }
 
-    fn push(&self, event: Value) {
+    fn push(&self, event: Event) {
         let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events.push(event);
         self.len.send_replace(events.len());
@@ -31,7 +55,7 @@ impl SharedBuild {
 
     /// Events from index `from` on, waiting for new ones when there are none yet. Returns an
     /// empty list only when the build's last event has been read.
-    pub async fn next(&self, from: usize) -> Vec<Value> {
+    pub async fn next(&self, from: usize) -> Vec<Event> {
         let mut rx = self.len.subscribe();
         loop {
             {
@@ -39,7 +63,7 @@ impl SharedBuild {
                 if events.len() > from {
                     return events[from..].to_vec();
                 }
-                if events.last().is_some_and(is_terminal) {
+                if events.last().is_some_and(Event::ends_build) {
                     return Vec::new();
                 }
             }
@@ -50,21 +74,73 @@ impl SharedBuild {
     }
 }
 
-/// Whether an event ends a build (`built` or `failed`).
-pub fn is_terminal(event: &Value) -> bool {
-    matches!(event["phase"].as_str(), Some("built" | "failed"))
+/// A client following a shared build. While one exists the build runs; when the last one is
+/// dropped, the build is cancelled unless another client joins within the grace period.
+pub struct Subscription {
+    build: Arc<SharedBuild>,
+    hub: Arc<BuildHub>,
+    key: String,
+}
+
+impl Subscription {
+    /// As [`SharedBuild::next`].
+    pub async fn next(&self, from: usize) -> Vec<Event> {
+        self.build.next(from).await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.build.clients.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (hub, build, key) = (self.hub.clone(), self.build.clone(), self.key.clone());
+        rt.spawn(async move {
+            tokio::time::sleep(hub.grace).await;
+            hub.cancel_if_abandoned(&key, &build);
+        });
+    }
+}
+
+/// Counts a build in `berth_builds_in_progress` for as long as it lives (also when cancelled).
+struct InProgress;
+
+impl InProgress {
+    fn new() -> Self {
+        metrics::gauge!("berth_builds_in_progress").increment(1.0);
+        InProgress
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        metrics::gauge!("berth_builds_in_progress").decrement(1.0);
+    }
 }
 
 /// The builds under way, by repository URL and ref.
-#[derive(Default)]
 pub struct BuildHub {
     running: Mutex<HashMap<String, Arc<SharedBuild>>>,
+    builder: Arc<dyn Builder>,
+    grace: Duration,
 }
 
 impl BuildHub {
+    /// A hub building with `builder`; builds every client has left are cancelled after `grace`.
+    pub fn new(builder: Arc<dyn Builder>, grace: Duration) -> Self {
+        Self {
+            running: Mutex::new(HashMap::new()),
+            builder,
+            grace,
+        }
+    }
+
     /// Joins the build of `req` under way, or starts it. The second value tells whether this
     /// call started it.
-    pub fn join(self: &Arc<Self>, engine: Engine, req: BuildRequest) -> (Arc<SharedBuild>, bool) {
+    pub fn join(self: &Arc<Self>, req: BuildRequest) -> (Subscription, bool) {
         let key = format!(
             "{}#{}",
             req.source,
@@ -72,75 +148,124 @@ impl BuildHub {
         );
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = running.get(&key) {
-            return (b.clone(), false);
+            // Counted under the table's lock, so a cancellation never takes a joined build.
+            b.clients.fetch_add(1, Ordering::SeqCst);
+            let sub = Subscription {
+                build: b.clone(),
+                hub: self.clone(),
+                key,
+            };
+            return (sub, false);
         }
         let build = Arc::new(SharedBuild::new());
+        build.clients.fetch_add(1, Ordering::SeqCst);
         running.insert(key.clone(), build.clone());
-        drop(running);
         let hub = self.clone();
         let shared = build.clone();
-        // The build runs on its own: clients that disconnect do not stop it for the others.
-        tokio::spawn(async move {
+        let task_key = key.clone();
+        // The build runs on its own: a client that disconnects does not stop it for the others.
+        let task = tokio::spawn(async move {
             let started = Instant::now();
-            metrics::gauge!("berth_builds_in_progress").increment(1.0);
+            let _counted = InProgress::new();
             let report = |ev: BuildEvent| {
-                if let Some(v) = event_json(ev) {
-                    shared.push(v);
+                if let Some(e) = event_of(ev) {
+                    shared.push(e);
                 }
             };
-            let result = berth_builder::build(&engine, &req, &report).await;
+            let result = hub.builder.build(&req, &report).await;
             let status = if result.is_ok() { "success" } else { "failure" };
-            metrics::gauge!("berth_builds_in_progress").decrement(1.0);
             metrics::counter!("berth_builds_total", "status" => status).increment(1);
             metrics::histogram!("berth_build_duration_seconds", "status" => status)
                 .record(started.elapsed().as_secs_f64());
             // Out of the table first, so a request after the last event starts afresh.
-            hub.running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-            match result {
-                Ok(out) => shared.push(json!({
-                    "phase": "built",
-                    "message": if out.cached_env { "Found built image, launching...\n" } else { "Built image, launching...\n" },
-                    "imageName": out.image,
-                    "commit": out.commit,
-                    "env_hash": out.env_hash,
-                    "cached_env": out.cached_env,
-                })),
-                Err(e) => shared.push(json!({
-                    "phase": "failed",
-                    "message": format!("{e}\n"),
-                    "status_code": 500,
-                })),
-            }
+            hub.remove(&task_key, &shared);
+            shared.push(match result {
+                Ok(out) => Event::Built {
+                    message: if out.cached_env {
+                        "Found built image, launching...\n".into()
+                    } else {
+                        "Built image, launching...\n".into()
+                    },
+                    image_name: out.image,
+                    commit: out.commit,
+                    env_hash: out.env_hash,
+                    cached_env: out.cached_env,
+                },
+                Err(e) => Event::failed(500, e),
+            });
         });
-        (build, true)
+        *build.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        drop(running);
+        let sub = Subscription {
+            build,
+            hub: self.clone(),
+            key,
+        };
+        (sub, true)
+    }
+
+    /// Removes `build` from the table, if it is still the one under `key`.
+    fn remove(&self, key: &str, build: &Arc<SharedBuild>) -> bool {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.get(key).is_some_and(|b| Arc::ptr_eq(b, build)) {
+            running.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Cancels `build` when it is still running and no client follows it.
+    fn cancel_if_abandoned(&self, key: &str, build: &Arc<SharedBuild>) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let current = running.get(key).is_some_and(|b| Arc::ptr_eq(b, build));
+        if !current || build.clients.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        running.remove(key);
+        drop(running);
+        if let Some(task) = build.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            // Dropping the build's future: the builder removes what the build had started.
+            task.abort();
+        }
+        tracing::info!(build = %berth_builder::redact_url(key), "every client left; build cancelled");
+        metrics::counter!("berth_builds_total", "status" => "cancelled").increment(1);
+        build.push(Event::failed(
+            500,
+            "the build was cancelled: every client had left",
+        ));
     }
 
     /// Builds under way.
     pub fn in_progress(&self) -> usize {
         self.running.lock().map(|r| r.len()).unwrap_or(0)
     }
+
+    /// Whether the builder's engine answers.
+    pub async fn ping(&self) -> bool {
+        self.builder.ping().await
+    }
 }
 
-/// A builder event as a BinderHub event (`phase` and `message`).
-fn event_json(ev: BuildEvent) -> Option<Value> {
+/// A builder event as a BinderHub event.
+fn event_of(ev: BuildEvent) -> Option<Event> {
     Some(match ev {
-        BuildEvent::Phase(Phase::Fetching) => {
-            json!({"phase": "fetching", "message": "Fetching the repository...\n"})
-        }
-        BuildEvent::Phase(Phase::BuildingEnv) => {
-            json!({"phase": "building", "message": "Building the environment image...\n"})
-        }
-        BuildEvent::Phase(Phase::BuildingRepo) => {
-            json!({"phase": "building", "message": "Adding the repository...\n"})
-        }
+        BuildEvent::Phase(Phase::Fetching) => Event::Fetching {
+            message: "Fetching the repository...\n".into(),
+        },
+        BuildEvent::Phase(Phase::BuildingEnv) => Event::Building {
+            message: "Building the environment image...\n".into(),
+        },
+        BuildEvent::Phase(Phase::BuildingRepo) => Event::Building {
+            message: "Adding the repository...\n".into(),
+        },
         BuildEvent::Phase(_) => return None,
-        BuildEvent::Log(line) => json!({"phase": "building", "message": format!("{line}\n")}),
-        BuildEvent::Warning(w) => {
-            json!({"phase": "building", "message": format!("warning: {w}\n")})
-        }
+        BuildEvent::Log(line) => Event::Building {
+            message: format!("{line}\n"),
+        },
+        BuildEvent::Warning(w) => Event::Building {
+            message: format!("warning: {w}\n"),
+        },
         BuildEvent::Fetch(_) => return None,
     })
 }

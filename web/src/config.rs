@@ -39,10 +39,30 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     /// Build with the nearest Python when the requested one is missing.
     pub python_fallback: bool,
-    /// Memory limit per session container, in bytes.
+    /// Memory limit per session container, in bytes (`null` for none); by default the
+    /// launcher's 2 GiB, as mybinder.org's 1–2 GB.
     pub memory_bytes: Option<u64>,
+    /// Let sessions reach services of this host through the bridge gateway (berth's server, a
+    /// registry, anything on `0.0.0.0`); off by default (see the launcher's `egress` module).
+    pub allow_host_access: bool,
     /// CPU limit per session container, in thousandths of a CPU.
     pub millicpus: Option<u64>,
+    /// Hosts the server may fetch repositories from although they are private: host names,
+    /// addresses or CIDR blocks (`git.internal`, `10.1.2.3`, `10.0.0.0/8`, `::1/128`). Empty by
+    /// default: loopback, link-local, private and other non-global addresses are refused, as a
+    /// defence against server-side request forgery.
+    pub allow_private_hosts: Vec<String>,
+    /// Seconds after which a build all of whose clients have disconnected is cancelled (its
+    /// build containers removed); a client that comes back within them finds it still running.
+    pub abandoned_build_grace_seconds: u64,
+    /// The longest a build (fetch, environment, repository layer) may take, in seconds.
+    pub build_timeout_seconds: u64,
+    /// Memory limit of each build step's container, in bytes (swap included); `null` for none.
+    /// By default the builder's (4 GiB).
+    pub build_memory_bytes: Option<u64>,
+    /// Most processes in each build step's container; `null` for none. By default the builder's
+    /// (4096).
+    pub build_pids: Option<u64>,
 }
 
 impl Default for Config {
@@ -65,8 +85,14 @@ impl Default for Config {
             max_idle_seconds: 3600,
             ca_cert: std::env::var_os("BERTH_CA_CERT").map(PathBuf::from),
             python_fallback: false,
-            memory_bytes: None,
+            memory_bytes: Some(berth_launcher::DEFAULT_MEMORY_BYTES),
+            allow_host_access: false,
             millicpus: None,
+            allow_private_hosts: Vec::new(),
+            abandoned_build_grace_seconds: 60,
+            build_timeout_seconds: berth_builder::DEFAULT_BUILD_TIMEOUT.as_secs(),
+            build_memory_bytes: berth_builder::BuildLimits::default().memory_bytes,
+            build_pids: berth_builder::BuildLimits::default().pids,
         }
     }
 }

@@ -1,9 +1,17 @@
 //! berth's web server: the launch form, BinderHub-compatible launch URLs (`/v2/…`) and
 //! event-stream build API (`/build/…`), badges, health, versions, Prometheus metrics, and a proxy
 //! to sessions at `/user/<session>/…` (HTTP and WebSocket).
+//!
+//! Builds go through a [`Builder`] and sessions through a [`berth_launcher::Backend`], both
+//! trait objects in [`AppState`]: the server uses the Docker engine ([`engine::DockerEngine`]),
+//! tests can use fakes.
 
 pub mod builds;
 pub mod config;
+pub mod engine;
+pub mod error;
+pub mod events;
+pub mod policy;
 pub mod providers;
 mod proxy;
 
@@ -12,33 +20,36 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
-use berth_builder::{BuildRequest, Engine};
-use berth_launcher::{Backend, DockerBackend, Limits, OpenPath, SessionSpec};
+use berth_builder::{BuildLimits, BuildRequest, HostPolicy};
+use berth_launcher::{Backend, Limits, OpenPath, SessionSpec};
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+pub use builds::Builder;
 pub use config::Config;
+pub use error::{ApiError, WebError};
+pub use events::{Event, Ready};
 use providers::RepoSpec;
 
 /// What every request handler shares.
 pub struct AppState {
     /// The configuration.
     pub config: Config,
-    /// The engine connection, made on first need and kept (so the server starts, and reports
-    /// it in `/health`, while the engine is down).
-    engine: tokio::sync::Mutex<Option<Engine>>,
     hub: Arc<builds::BuildHub>,
+    backend: Arc<dyn Backend>,
     allow: Vec<regex::Regex>,
     deny: Vec<regex::Regex>,
+    policy: HostPolicy,
     /// Session id → (Jupyter server URL, token), filled from the backend on first use.
     sessions: Mutex<HashMap<String, (String, String)>>,
     http: reqwest::Client,
@@ -50,9 +61,9 @@ pub enum ServeError {
     /// A pattern in `allow` or `deny` is not a regular expression.
     #[error("invalid pattern {0:?} in the configuration: {1}")]
     Pattern(String, String),
-    /// The Docker engine cannot be reached.
-    #[error("{0}")]
-    Engine(String),
+    /// An `allow_private_hosts` entry is no host name, address or CIDR block.
+    #[error("invalid allow_private_hosts entry in the configuration: {0}")]
+    AllowedHost(String),
     /// The address cannot be listened on.
     #[error("cannot listen on {0}: {1}")]
     Listen(String, String),
@@ -68,11 +79,30 @@ fn metrics_handle() -> &'static PrometheusHandle {
 }
 
 impl AppState {
-    /// Connects to the Docker engine and compiles the configuration's patterns.
+    /// The state of a server on the Docker engine (connected on first need; a warning when it
+    /// cannot be reached yet).
     ///
     /// # Errors
-    /// [`ServeError`].
+    /// As [`AppState::with_parts`].
     pub async fn new(config: Config) -> Result<Arc<Self>, ServeError> {
+        let engine = Arc::new(engine::DockerEngine::new());
+        if let Err(e) = engine.engine().await {
+            tracing::warn!(error = %e, "the Docker engine is not reachable yet");
+            eprintln!("warning: {e}");
+        }
+        Self::with_parts(config, engine.clone(), engine)
+    }
+
+    /// The state of a server whose sessions run on `backend` and whose images `builder` builds.
+    ///
+    /// # Errors
+    /// [`ServeError::Pattern`] for an `allow` or `deny` entry that is no regular expression,
+    /// [`ServeError::AllowedHost`] for an `allow_private_hosts` entry that is no host.
+    pub fn with_parts(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        builder: Arc<dyn Builder>,
+    ) -> Result<Arc<Self>, ServeError> {
         let compile = |ps: &[String]| {
             ps.iter()
                 .map(|p| {
@@ -80,63 +110,76 @@ impl AppState {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
-        let engine = match Engine::connect().await {
-            Ok(e) => Some(e),
-            Err(e) => {
-                tracing::warn!(error = %e, "the Docker engine is not reachable yet");
-                eprintln!("warning: {e}");
-                None
-            }
-        };
+        for entry in &config.allow_private_hosts {
+            policy::validate_allowed(entry).map_err(ServeError::AllowedHost)?;
+        }
         metrics_handle();
+        let grace = Duration::from_secs(config.abandoned_build_grace_seconds);
         Ok(Arc::new(Self {
             allow: compile(&config.allow)?,
             deny: compile(&config.deny)?,
+            policy: policy::host_policy(&config),
             config,
-            engine: tokio::sync::Mutex::new(engine),
-            hub: Arc::new(builds::BuildHub::default()),
+            hub: Arc::new(builds::BuildHub::new(builder, grace)),
+            backend,
             sessions: Mutex::new(HashMap::new()),
+            // The browser must see Jupyter's redirects (to its login page, to a notebook), so
+            // the proxy never follows them itself.
             http: reqwest::Client::builder()
                 .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
         }))
     }
 
-    /// The engine, connecting when there is no connection yet.
-    ///
-    /// # Errors
-    /// The engine's one-line error when it cannot be reached.
-    pub async fn engine(&self) -> Result<Engine, String> {
-        let mut guard = self.engine.lock().await;
-        if let Some(e) = guard.as_ref() {
-            return Ok(e.clone());
-        }
-        let e = Engine::connect().await.map_err(|e| e.to_string())?;
-        *guard = Some(e.clone());
-        Ok(e)
+    /// The session backend.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
-    /// The session backend on the engine.
-    ///
-    /// # Errors
-    /// As [`AppState::engine`].
-    pub async fn backend(&self) -> Result<Arc<dyn Backend>, String> {
-        let e = self.engine().await?;
-        Ok(Arc::new(DockerBackend::with_client(e.docker().clone())))
+    /// Builds under way.
+    pub fn builds_in_progress(&self) -> usize {
+        self.hub.in_progress()
     }
 
     fn build_request(&self, repo: &RepoSpec) -> BuildRequest {
+        let cfg = &self.config;
         let mut req = BuildRequest::new(repo.repo_url.clone());
         req.reference = Some(repo.reference.clone());
-        req.ca_cert = self.config.ca_cert.clone();
-        req.python_fallback = self.config.python_fallback;
+        req.ca_cert = cfg.ca_cert.clone();
+        req.python_fallback = cfg.python_fallback;
+        req.timeout = Duration::from_secs(cfg.build_timeout_seconds);
+        req.limits = BuildLimits {
+            memory_bytes: cfg.build_memory_bytes,
+            pids: cfg.build_pids,
+        };
+        // Local repositories pass only when the operator allowed them (`allow_local`).
+        req.host_policy = (!policy::is_local(repo)).then(|| self.policy.clone());
         req
     }
 }
 
 /// The router of all pages and APIs.
 pub fn router(state: Arc<AppState>) -> Router {
+    use tower_http::trace::{DefaultOnResponse, TraceLayer};
+    // One INFO line per request (`BERTH_LOG=info`): method and path in the span (never the
+    // query, where tokens travel), status and latency when the response starts.
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                path = %providers::shorten(req.uri().path()),
+            )
+        })
+        .on_request(())
+        .on_response(
+            DefaultOnResponse::new()
+                .level(tracing::Level::INFO)
+                .latency_unit(tower_http::LatencyUnit::Millis),
+        )
+        .on_failure(());
     Router::new()
         .route("/", get(home))
         .route("/v2/{provider}/{*spec}", get(loading_page))
@@ -149,33 +192,39 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/user/{session}", any(proxy::redirect_slash))
         .route("/user/{session}/", any(proxy::proxy_root))
         .route("/user/{session}/{*path}", any(proxy::proxy))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        // Forms and APIs take no large bodies; uploads through the proxy up to 512 MiB.
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(512 << 20))
+        // Forms and APIs take no bodies; uploads through the proxy up to 512 MiB (413 above).
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(trace)
         .with_state(state)
 }
+
+/// The largest request body accepted, in bytes (512 MiB): larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 512 << 20;
 
 /// Serves until the process ends; culls idle sessions in the background.
 ///
 /// # Errors
-/// [`ServeError`] when the engine or the address is unavailable.
+/// [`ServeError`] when a pattern is invalid or the address is unavailable.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let listen = config.listen.clone();
     let state = AppState::new(config).await?;
+    if !state.config.allow_host_access {
+        // Sessions that came back after a host reboot are kept from the host at once, not
+        // only after the next launch.
+        if let Err(e) = berth_launcher::egress::ensure_host_guard().await {
+            tracing::warn!(error = %e, "sessions are not kept from the host's services");
+            eprintln!("warning: {e}");
+        }
+    }
     if state.config.max_idle_seconds > 0 {
         let s = state.clone();
         tokio::spawn(async move {
             let max_idle = Duration::from_secs(s.config.max_idle_seconds);
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                let backend = match s.backend().await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "culling skipped");
-                        continue;
-                    }
-                };
-                match berth_launcher::cull(backend.as_ref(), max_idle, None).await {
+                match berth_launcher::cull(s.backend.as_ref(), max_idle, None).await {
                     Ok(ids) => ids
                         .iter()
                         .for_each(|id| tracing::info!(session = %id, "culled")),
@@ -242,7 +291,7 @@ struct LaunchQuery {
 
 impl LaunchQuery {
     /// The URL path to open in the session, checked.
-    fn open_path(&self) -> Result<String, String> {
+    fn open_path(&self) -> Result<String, WebError> {
         let open = if let Some(p) = &self.urlpath {
             OpenPath::UrlPath(p.clone())
         } else if let Some(p) = &self.labpath {
@@ -252,7 +301,8 @@ impl LaunchQuery {
         } else {
             OpenPath::UrlPath("lab".into())
         };
-        open.url_path().map_err(|e| e.to_string())
+        open.url_path()
+            .map_err(|e| WebError::BadPath(providers::shorten(&e.to_string())))
     }
 
     fn build_only(&self) -> bool {
@@ -260,45 +310,63 @@ impl LaunchQuery {
     }
 }
 
+/// The provider and the spec of `/v2/<provider>/<spec>` or `/build/<provider>/<spec>` as sent,
+/// still percent-encoded (axum's path extractor decodes, which would lose the difference between
+/// `/` and `%2F` that BinderHub's specs rely on).
+fn raw_spec(uri: &Uri) -> (String, String) {
+    let path = uri.path().trim_start_matches('/');
+    let rest = path.split_once('/').map_or("", |(_, r)| r);
+    let (provider, spec) = rest.split_once('/').unwrap_or((rest, ""));
+    (provider.to_string(), spec.to_string())
+}
+
+fn resolve_launch(
+    state: &AppState,
+    uri: &Uri,
+    q: &LaunchQuery,
+) -> Result<(RepoSpec, String), WebError> {
+    let (provider, spec) = raw_spec(uri);
+    let repo = providers::resolve(&state.config, &provider, &spec)?;
+    let open = q.open_path()?;
+    Ok((repo, open))
+}
+
 async fn loading_page(
     State(state): State<Arc<AppState>>,
-    Path((provider, spec)): Path<(String, String)>,
+    uri: Uri,
     Query(q): Query<LaunchQuery>,
 ) -> Response {
-    let checked = providers::resolve(&state.config, &provider, &spec)
-        .map_err(|e| (e.status(), e.to_string()))
-        .and_then(|r| q.open_path().map(|p| (r, p)).map_err(|e| (400, e)));
-    match checked {
+    match resolve_launch(&state, &uri, &q) {
         Ok((repo, open)) => render(
             LOADING_HTML,
             minijinja::context! {
-                build_path => format!("/build/{provider}/{}", repo.spec), provider => provider, spec => repo.spec, repo_url => repo.repo_url,
-                reference => repo.reference, open => open,
+                build_path => format!("/build/{}/{}", repo.provider, repo.spec),
+                provider => repo.provider,
+                spec => providers::shorten(&repo.spec),
+                repo_url => berth_builder::redact_url(&repo.repo_url),
+                reference => providers::shorten(&repo.reference),
+                open => open,
             },
         ),
-        Err((status, message)) => {
+        Err(e) => {
+            let (provider, spec) = raw_spec(&uri);
             let mut r = render(
                 LOADING_HTML,
-                minijinja::context! { error => message, provider => provider, spec => spec },
+                minijinja::context! {
+                    error => e.to_string(),
+                    provider => providers::shorten(&provider),
+                    spec => providers::shorten(&spec),
+                },
             );
-            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            *r.status_mut() = e.status();
             r
         }
     }
 }
 
-fn error_json(status: u16, message: String) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    (
-        code,
-        Json(json!({"phase": "failed", "message": message, "status_code": status})),
-    )
-        .into_response()
-}
-
-fn sse(rx: tokio::sync::mpsc::Receiver<Value>) -> Response {
+fn sse(rx: mpsc::Receiver<Event>) -> Response {
     let stream =
-        ReceiverStream::new(rx).map(|v| Ok::<_, Infallible>(Event::default().data(v.to_string())));
+        ReceiverStream::new(rx).map(|e| Ok::<_, Infallible>(SseEvent::default().data(e.to_json())));
     Sse::new(stream)
         .keep_alive(
             KeepAlive::new()
@@ -310,108 +378,124 @@ fn sse(rx: tokio::sync::mpsc::Receiver<Value>) -> Response {
 
 async fn build_events(
     State(state): State<Arc<AppState>>,
-    Path((provider, spec)): Path<(String, String)>,
+    uri: Uri,
     Query(q): Query<LaunchQuery>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     let accepts = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if !accepts {
-        return error_json(
-            400,
-            "this API speaks text/event-stream: send Accept: text/event-stream".into(),
-        );
+        return Err(WebError::NotEventStream.into());
     }
-    let repo = match providers::resolve(&state.config, &provider, &spec) {
-        Ok(r) => r,
-        Err(e) => return error_json(e.status(), e.to_string()),
-    };
-    let open = match q.open_path() {
-        Ok(o) => o,
-        Err(e) => return error_json(400, e),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (repo, open) = resolve_launch(&state, &uri, &q)?;
+    let (tx, rx) = mpsc::channel(64);
     let full = format!("{}/{}", repo.provider, repo.spec);
+    let shown = providers::shorten(&full);
     let refused = if state.deny.iter().any(|r| r.is_match(&full)) {
-        Some(format!("Sorry, {full} has been temporarily disabled from launching. Please contact admins for more info!"))
+        Some(format!("Sorry, {shown} has been temporarily disabled from launching. Please contact admins for more info!"))
     } else if !state.allow.is_empty() && !state.allow.iter().any(|r| r.is_match(&full)) {
         Some(format!(
-            "Sorry, {full} is not allowed to launch on this server."
+            "Sorry, {shown} is not allowed to launch on this server."
         ))
     } else {
         None
     };
     if let Some(message) = refused {
-        let _ = tx.try_send(json!({"phase": "failed", "message": message, "status_code": 403}));
-        return sse(rx);
+        let _ = tx.try_send(Event::failed(403, message));
+        return Ok(sse(rx));
     }
     tokio::spawn(run_request(state, repo, open, q.build_only(), tx));
-    sse(rx)
+    Ok(sse(rx))
+}
+
+/// Sends `event` to the client; false when the client is gone.
+async fn send(tx: &mpsc::Sender<Event>, event: Event) -> bool {
+    tx.send(event).await.is_ok()
 }
 
 /// One client's request: follow the shared build, then launch (unless `build_only`). Runs on
-/// its own task, so a client that disconnects stops nothing halfway; a session launched for a
-/// client that is gone is stopped.
+/// its own task; when the client disconnects it stops following the build (which is cancelled
+/// once every client has left for the grace period), and a session launched for a client that
+/// is gone is stopped.
 async fn run_request(
     state: Arc<AppState>,
     repo: RepoSpec,
     open: String,
     build_only: bool,
-    tx: tokio::sync::mpsc::Sender<Value>,
+    tx: mpsc::Sender<Event>,
 ) {
-    let _ = tx
-        .send(json!({"phase": "waiting", "message": "Waiting for build to start...\n"}))
-        .await;
-    let (engine, backend) = match (state.engine().await, state.backend().await) {
-        (Ok(e), Ok(b)) => (e, b),
-        (Err(e), _) | (_, Err(e)) => {
-            let _ = tx
-                .send(json!({"phase": "failed", "message": format!("{e}\n"), "status_code": 503}))
-                .await;
+    let waiting = Event::Waiting {
+        message: "Waiting for build to start...\n".into(),
+    };
+    if !send(&tx, waiting).await {
+        return;
+    }
+    let req = state.build_request(&repo);
+    if let Some(policy) = &req.host_policy {
+        // Refused at once, with the message (and the phases) a failed fetch gives.
+        if let Err(e) = policy::check(policy, &repo).await {
+            let fetching = Event::Fetching {
+                message: "Fetching the repository...\n".into(),
+            };
+            if send(&tx, fetching).await {
+                let _ = tx.send(Event::failed(500, e)).await;
+            }
             return;
         }
-    };
-    let (build, _) = state.hub.join(engine, state.build_request(&repo));
+    }
+    let (build, _) = state.hub.join(req);
     let mut seen = 0;
-    let mut last = Value::Null;
+    let mut last = None;
     loop {
-        let events = build.next(seen).await;
+        let events = tokio::select! {
+            events = build.next(seen) => events,
+            // The client is gone: stop following (the build goes on for the others).
+            () = tx.closed() => return,
+        };
         if events.is_empty() {
             break;
         }
         seen += events.len();
         for e in events {
-            if builds::is_terminal(&e) {
-                last = e.clone();
+            if e.ends_build() {
+                last = Some(e.clone());
             }
-            if tx.send(e).await.is_err() && !build_only {
-                // The client is gone: nothing to launch for it.
+            if !send(&tx, e).await {
                 return;
             }
         }
     }
-    if last["phase"] != "built" {
+    drop(build);
+    let Some(Event::Built {
+        image_name: image,
+        commit,
+        ..
+    }) = last
+    else {
         return;
-    }
-    let image = last["imageName"].as_str().unwrap_or_default().to_string();
-    let commit = last["commit"].as_str().unwrap_or_default().to_string();
+    };
     if build_only {
-        let _ = tx
-            .send(json!({"phase": "ready", "message": "Done! Found built image\n", "imageName": image}))
-            .await;
+        let ready = Ready {
+            message: "Done! Found built image\n".into(),
+            image_name: Some(image),
+            ..Ready::default()
+        };
+        let _ = tx.send(Event::Ready(Box::new(ready))).await;
         return;
     }
-    if let Err((status, message)) = check_quota(&state, backend.as_ref(), &repo).await {
-        let _ = tx
-            .send(json!({"phase": "failed", "message": message, "status_code": status}))
-            .await;
+    let backend = state.backend();
+    if let Err(e) = check_quota(&state, backend.as_ref(), &repo).await {
+        let _ = tx.send(e).await;
         return;
     }
-    let _ = tx
-        .send(json!({"phase": "launching", "message": "Launching server...\n"}))
-        .await;
+    let launching = Event::Launching {
+        message: "Launching server...\n".into(),
+    };
+    if !send(&tx, launching).await {
+        return;
+    }
     let started = Instant::now();
     metrics::gauge!("berth_launches_in_progress").increment(1.0);
     let id = berth_launcher::new_session_id(
@@ -431,14 +515,15 @@ async fn run_request(
         millicpus: state.config.millicpus,
         ..Limits::default()
     };
+    spec.host_access = state.config.allow_host_access;
     spec.labels = vec![
-        ("berth.repo_url".into(), repo.repo_url.clone()),
+        (
+            "berth.repo_url".into(),
+            berth_builder::redact_url(&repo.repo_url),
+        ),
         ("berth.ref".into(), repo.reference.clone()),
         ("berth.commit".into(), commit.clone()),
-        (
-            "berth.binder_request".into(),
-            format!("v2/{}/{}", repo.provider, repo.spec),
-        ),
+        ("berth.binder_request".into(), repo.request()),
     ];
     let starter = backend.clone();
     // Not tied to the client: a launch either completes or cleans up after itself.
@@ -455,9 +540,7 @@ async fn run_request(
     let session = match result {
         Ok(s) => s,
         Err(e) => {
-            let _ = tx
-                .send(json!({"phase": "failed", "message": format!("{e}\n"), "status_code": 500}))
-                .await;
+            let _ = tx.send(Event::failed(500, e)).await;
             return;
         }
     };
@@ -471,32 +554,22 @@ async fn run_request(
         );
     let public = state.config.public_url();
     let url = format!("{public}/user/{}/", session.id);
-    let ready = json!({
-        "phase": "ready",
-        "message": format!("server running at {url}\n"),
-        "url": url,
-        "token": session.token,
-        "image": image,
-        "open": open,
-        "repo_url": repo.repo_url,
-        "binder_ref_url": format!("{}{}", repo.web_url, commit),
-        "binder_launch_host": format!("{public}/"),
-        "binder_request": format!("v2/{}/{}", repo.provider, repo.spec),
-        "binder_persistent_request": format!("v2/{}/{}", repo.provider, persistent_spec(&repo, &commit)),
-    });
-    if tx.send(ready).await.is_err() {
+    let ready = Ready {
+        message: format!("server running at {url}\n"),
+        url: Some(url),
+        token: Some(session.token.clone()),
+        image: Some(image),
+        open: Some(open),
+        repo_url: Some(berth_builder::redact_url(&repo.repo_url)),
+        binder_ref_url: Some(repo.ref_url(&commit)),
+        binder_launch_host: Some(format!("{public}/")),
+        binder_request: Some(repo.request()),
+        binder_persistent_request: Some(repo.persistent_request(&commit)),
+        image_name: None,
+    };
+    if tx.send(Event::Ready(Box::new(ready))).await.is_err() {
         tracing::info!(session = %session.id, "client left before the session was ready; stopping it");
         let _ = backend.stop(&session.id).await;
-    }
-}
-
-/// The spec with the ref replaced by the commit, as BinderHub's `binder_persistent_request`.
-fn persistent_spec(repo: &RepoSpec, commit: &str) -> String {
-    match repo.spec.rsplit_once('/') {
-        Some((head, _)) if repo.provider != "gist" || repo.spec.matches('/').count() == 2 => {
-            format!("{head}/{commit}")
-        }
-        _ => format!("{}/{commit}", repo.spec),
     }
 }
 
@@ -504,14 +577,14 @@ async fn check_quota(
     state: &AppState,
     backend: &dyn Backend,
     repo: &RepoSpec,
-) -> Result<(), (u16, String)> {
+) -> Result<(), Event> {
     let cfg = &state.config;
     if cfg.per_repo_quota == 0 && cfg.total_quota == 0 {
         return Ok(());
     }
-    let sessions = backend.list().await.map_err(|e| (503, e.to_string()))?;
+    let sessions = backend.list().await.map_err(|e| Event::failed(503, e))?;
     if cfg.total_quota > 0 && sessions.len() >= cfg.total_quota {
-        return Err((
+        return Err(Event::failed(
             429,
             format!(
                 "Too many users on this server ({}). Try again later.",
@@ -520,14 +593,12 @@ async fn check_quota(
         ));
     }
     if cfg.per_repo_quota > 0 {
-        let n = sessions
-            .iter()
-            .filter(|s| s.repo_url == repo.repo_url)
-            .count();
+        let url = berth_builder::redact_url(&repo.repo_url);
+        let n = sessions.iter().filter(|s| s.repo_url == url).count();
         if n >= cfg.per_repo_quota {
-            return Err((
+            return Err(Event::failed(
                 429,
-                format!("Too many users running {}! Try again soon.", repo.repo_url),
+                format!("Too many users running {url}! Try again soon."),
             ));
         }
     }
@@ -535,10 +606,7 @@ async fn check_quota(
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let docker_ok = match state.engine().await {
-        Ok(e) => e.docker().ping().await.is_ok(),
-        Err(_) => false,
-    };
+    let docker_ok = state.hub.ping().await;
     let body = json!({
         "ok": docker_ok,
         "checks": [{"service": "Docker engine", "ok": docker_ok}],

@@ -12,14 +12,73 @@ pub const MAX_SPEC_LEN: usize = 512;
 pub struct RepoSpec {
     /// `gh`, `gl`, `gist` or `git`.
     pub provider: String,
-    /// The spec as given (after the provider).
+    /// The spec as requested (after the provider), still percent-encoded as in the URL.
     pub spec: String,
     /// The clone URL.
     pub repo_url: String,
     /// The ref to build.
     pub reference: String,
-    /// A web page of the repository at a ref, as BinderHub's `binder_ref_url`, without the ref.
+    /// A web page of the repository, to which [`RepoSpec::ref_url`] adds the commit.
     pub web_url: String,
+    /// The spec without its ref, as BinderHub's `get_resolved_spec` writes it (`<org>/<repo>`,
+    /// the escaped namespace, `<user>/<id>`, or the clone URL escaped, credentials redacted).
+    pub head: String,
+}
+
+/// Characters BinderHub's `urllib.parse.quote(s, safe="")` leaves as they are: letters,
+/// digits and `_.-~`.
+const QUOTE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~');
+
+/// `s` percent-encoded as Python's `urllib.parse.quote(s, safe="")`.
+pub fn quote(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, QUOTE).to_string()
+}
+
+/// At most the first 64 characters of `s` (followed by `…` when cut), for messages that quote
+/// user input.
+pub fn shorten(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+impl RepoSpec {
+    /// The page of the repository at `commit`, as BinderHub's `get_resolved_ref_url`:
+    /// `…/<org>/<repo>/tree/<commit>` (GitHub), `…/<namespace>/-/tree/<commit>` (GitLab),
+    /// `…/<user>/<id>/<commit>` (gists), and the clone URL itself for `git` (no web page is
+    /// known for an arbitrary server). Credentials are redacted.
+    pub fn ref_url(&self, commit: &str) -> String {
+        let commit = quote(commit);
+        match self.provider.as_str() {
+            "gh" => format!("{}/tree/{commit}", self.web_url),
+            "gl" => format!("{}/-/tree/{commit}", self.web_url),
+            "gist" => format!("{}/{commit}", self.web_url),
+            _ => berth_builder::redact_url(&self.repo_url),
+        }
+    }
+
+    /// `v2/<provider>/<spec>` as requested, credentials in a `git` URL redacted (BinderHub's
+    /// `binder_request`).
+    pub fn request(&self) -> String {
+        let spec = if self.provider == "git" {
+            format!("{}/{}", self.head, quote(&self.reference))
+        } else {
+            self.spec.clone()
+        };
+        format!("v2/{}/{spec}", self.provider)
+    }
+
+    /// `v2/<provider>/<spec>` with the ref replaced by `commit`, escaped as BinderHub's
+    /// `get_resolved_spec` (`binder_persistent_request`).
+    pub fn persistent_request(&self, commit: &str) -> String {
+        format!("v2/{}/{}/{}", self.provider, self.head, quote(commit))
+    }
 }
 
 /// Why a spec is refused. Each carries the HTTP status BinderHub would answer with.
@@ -29,7 +88,10 @@ pub enum SpecError {
     #[error("unknown provider {0:?}: use gh, gl, gist or git")]
     UnknownProvider(String),
     /// The spec does not have the provider's form.
-    #[error("malformed spec {spec:?} for provider {provider}: expected {expected}")]
+    #[error(
+        "malformed spec {:?} for provider {provider}: expected {expected}",
+        shorten(spec)
+    )]
     Malformed {
         /// The provider.
         provider: String,
@@ -42,7 +104,7 @@ pub enum SpecError {
     #[error("spec is longer than {MAX_SPEC_LEN} bytes")]
     TooLong,
     /// A ref that could be taken for an option.
-    #[error("invalid ref {0:?}")]
+    #[error("invalid ref {:?}", shorten(.0))]
     BadRef(String),
     /// Local paths and `file://` URLs, refused unless the operator allows them.
     #[error("local repositories cannot be launched through the web (allow_local is off)")]
@@ -84,8 +146,9 @@ fn decode(s: &str) -> String {
 
 /// Resolves `provider` and `spec` (as in `/v2/<provider>/<spec>`) with the configured bases.
 ///
-/// Specs, as BinderHub: `gh` `<org>/<repo>/<ref>`; `gl` url-escaped `<namespace/project>/<ref>`;
-/// `gist` `<user>/<id>[/<ref>]`; `git` url-escaped clone URL then `/<ref>`.
+/// `spec` is the raw path, still percent-encoded. Specs, as BinderHub: `gh`
+/// `<org>/<repo>/<ref>`; `gl` url-escaped `<namespace/project>/<ref>`; `gist`
+/// `<user>/<id>[/<ref>]`; `git` url-escaped clone URL then `/<ref>`. Refs may hold `/`.
 ///
 /// # Errors
 /// [`SpecError`].
@@ -104,7 +167,7 @@ pub fn resolve(cfg: &Config, provider: &str, spec: &str) -> Result<RepoSpec, Spe
             .get(name)
             .map(|b| b.trim_end_matches('/').to_string())
     };
-    let (repo_url, reference, web_url) = match provider {
+    let (repo_url, reference, web_url, head) = match provider {
         "gh" => {
             let mut parts = spec.splitn(3, '/');
             let (org, repo, r) = (parts.next(), parts.next(), parts.next());
@@ -119,14 +182,16 @@ pub fn resolve(cfg: &Config, provider: &str, spec: &str) -> Result<RepoSpec, Spe
             (
                 format!("{b}/{org}/{repo}"),
                 decode(r),
-                format!("{b}/{org}/{repo}/tree/"),
+                format!("{b}/{org}/{repo}"),
+                format!("{org}/{repo}"),
             )
         }
         "gl" => {
-            let (project, r) = spec
-                .rsplit_once('/')
+            // As BinderHub: the escaped namespace up to the first `/`, then the ref.
+            let (quoted, r) = spec
+                .split_once('/')
                 .ok_or_else(|| malformed("<url-escaped namespace/project>/<ref>"))?;
-            let project = decode(project);
+            let project = decode(quoted);
             if !project.split('/').all(component_ok) {
                 return Err(malformed("<url-escaped namespace/project>/<ref>"));
             }
@@ -134,11 +199,12 @@ pub fn resolve(cfg: &Config, provider: &str, spec: &str) -> Result<RepoSpec, Spe
             (
                 format!("{b}/{project}.git"),
                 decode(r),
-                format!("{b}/{project}/-/tree/"),
+                format!("{b}/{project}"),
+                quote(&project),
             )
         }
         "gist" => {
-            let parts: Vec<&str> = spec.split('/').collect();
+            let parts: Vec<&str> = spec.splitn(3, '/').collect();
             let (user, id, r) = match parts.as_slice() {
                 [u, i] => (*u, *i, "HEAD".to_string()),
                 [u, i, r] => (*u, *i, decode(r)),
@@ -151,13 +217,19 @@ pub fn resolve(cfg: &Config, provider: &str, spec: &str) -> Result<RepoSpec, Spe
             (
                 format!("{b}/{user}/{id}.git"),
                 r,
-                format!("{b}/{user}/{id}/"),
+                format!("{b}/{user}/{id}"),
+                format!("{user}/{id}"),
             )
         }
         "git" => {
-            let (url, r) = spec
-                .rsplit_once('/')
-                .ok_or_else(|| malformed("<url-escaped clone URL>/<ref>"))?;
+            // As BinderHub: the escaped URL up to the first `/`, then the ref; a URL sent
+            // unescaped (`https://host/repo/ref`) is split at its last `/` instead.
+            let (url, r) = match spec.split_once('/') {
+                Some((u, r)) if !decode(u).ends_with(':') => (u, r),
+                _ => spec
+                    .rsplit_once('/')
+                    .ok_or_else(|| malformed("<url-escaped clone URL>/<ref>"))?,
+            };
             let url = decode(url);
             let local = url.starts_with("file:")
                 || url.starts_with('/')
@@ -169,9 +241,10 @@ pub fn resolve(cfg: &Config, provider: &str, spec: &str) -> Result<RepoSpec, Spe
             if url.chars().any(|c| c.is_whitespace() || c.is_control()) || url.starts_with('-') {
                 return Err(malformed("<url-escaped clone URL>/<ref>"));
             }
-            (url.clone(), decode(r), url)
+            let head = quote(&berth_builder::redact_url(&url));
+            (url.clone(), decode(r), url, head)
         }
-        other => return Err(SpecError::UnknownProvider(other.to_string())),
+        other => return Err(SpecError::UnknownProvider(shorten(other))),
     };
     if !ref_ok(&reference) {
         return Err(SpecError::BadRef(reference));
@@ -182,6 +255,7 @@ pub fn resolve(cfg: &Config, provider: &str, spec: &str) -> Result<RepoSpec, Spe
         repo_url,
         reference,
         web_url,
+        head,
     })
 }
 
@@ -242,5 +316,63 @@ mod tests {
             ..Config::default()
         };
         assert!(resolve(&local, "git", "%2Fsrv%2Frepo/main").is_ok());
+        // A long ref is not echoed whole.
+        let long = format!("a/b/-{}", "x".repeat(300));
+        let e = resolve(&cfg, "gh", &long).unwrap_err().to_string();
+        assert!(e.len() < 120, "{e}");
+    }
+
+    #[test]
+    fn ref_urls_and_persistent_requests_as_binderhub() {
+        let cfg = Config::default();
+        let c = "0123456789abcdef0123456789abcdef01234567";
+        let r = resolve(&cfg, "gh", "binder-examples/conda.git/feature%2Fx").unwrap();
+        assert_eq!(r.reference, "feature/x");
+        assert_eq!(
+            r.ref_url(c),
+            format!("https://github.com/binder-examples/conda/tree/{c}")
+        );
+        assert_eq!(r.request(), "v2/gh/binder-examples/conda.git/feature%2Fx");
+        assert_eq!(
+            r.persistent_request(c),
+            format!("v2/gh/binder-examples/conda/{c}")
+        );
+        let r = resolve(&cfg, "gl", "group%2Fproject/release%2F1").unwrap();
+        assert_eq!(r.reference, "release/1");
+        assert_eq!(
+            r.ref_url(c),
+            format!("https://gitlab.com/group/project/-/tree/{c}")
+        );
+        assert_eq!(
+            r.persistent_request(c),
+            format!("v2/gl/group%2Fproject/{c}")
+        );
+        let r = resolve(&cfg, "gist", "someone/abc123").unwrap();
+        assert_eq!(
+            r.ref_url(c),
+            format!("https://gist.github.com/someone/abc123/{c}")
+        );
+        assert_eq!(
+            r.persistent_request(c),
+            format!("v2/gist/someone/abc123/{c}")
+        );
+        let r = resolve(
+            &cfg,
+            "git",
+            "https%3A%2F%2Fuser%3Asecret%40example.org%2Fr.git/topic%2Fa",
+        )
+        .unwrap();
+        assert_eq!(r.repo_url, "https://user:secret@example.org/r.git");
+        assert_eq!(r.reference, "topic/a");
+        assert_eq!(r.ref_url(c), "https://***@example.org/r.git");
+        assert_eq!(
+            r.persistent_request(c),
+            format!("v2/git/https%3A%2F%2F%2A%2A%2A%40example.org%2Fr.git/{c}")
+        );
+        assert!(!r.request().contains("secret"), "{}", r.request());
+        // An unescaped URL still resolves.
+        let r = resolve(&cfg, "git", "https://example.org/r.git/main").unwrap();
+        assert_eq!(r.repo_url, "https://example.org/r.git");
+        assert_eq!(r.reference, "main");
     }
 }

@@ -1,0 +1,93 @@
+//! The Docker engine behind the server, as its [`Builder`] and session [`Backend`]. The
+//! connection is made on first need and kept, so the server starts (and says so in `/health`)
+//! while the engine is down.
+
+use berth_builder::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Engine};
+use berth_launcher::{Backend, DockerBackend, LaunchError, Session, SessionSpec};
+
+use crate::builds::Builder;
+
+/// The Docker engine, connected lazily.
+#[derive(Default)]
+pub struct DockerEngine {
+    engine: tokio::sync::Mutex<Option<Engine>>,
+}
+
+impl DockerEngine {
+    /// A handle that connects on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The engine, connecting when there is no connection yet.
+    ///
+    /// # Errors
+    /// The builder's one-line error when the engine cannot be reached.
+    pub async fn engine(&self) -> Result<Engine, BuildError> {
+        let mut guard = self.engine.lock().await;
+        if let Some(e) = guard.as_ref() {
+            return Ok(e.clone());
+        }
+        let e = Engine::connect().await?;
+        *guard = Some(e.clone());
+        Ok(e)
+    }
+
+    async fn sessions(&self) -> Result<DockerBackend, LaunchError> {
+        let e = self
+            .engine()
+            .await
+            .map_err(|e| LaunchError::EngineUnavailable(e.to_string()))?;
+        Ok(DockerBackend::with_client(e.docker().clone()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Builder for DockerEngine {
+    async fn build(
+        &self,
+        req: &BuildRequest,
+        report: &(dyn Fn(BuildEvent) + Send + Sync),
+    ) -> Result<BuildOutcome, BuildError> {
+        let engine = self.engine().await?;
+        berth_builder::build(&engine, req, report).await
+    }
+
+    async fn ping(&self) -> bool {
+        match self.engine().await {
+            Ok(e) => e.docker().ping().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for DockerEngine {
+    async fn start(&self, spec: &SessionSpec) -> Result<Session, LaunchError> {
+        self.sessions().await?.start(spec).await
+    }
+    async fn list(&self) -> Result<Vec<Session>, LaunchError> {
+        self.sessions().await?.list().await
+    }
+    async fn get(&self, id: &str) -> Result<Session, LaunchError> {
+        self.sessions().await?.get(id).await
+    }
+    async fn scale(&self, id: &str, workers: u32) -> Result<Session, LaunchError> {
+        self.sessions().await?.scale(id, workers).await
+    }
+    async fn stop(&self, id: &str) -> Result<(), LaunchError> {
+        self.sessions().await?.stop(id).await
+    }
+    async fn logs(&self, id: &str) -> Result<String, LaunchError> {
+        self.sessions().await?.logs(id).await
+    }
+    async fn attach(&self, id: &str) -> Result<i64, LaunchError> {
+        self.sessions().await?.attach(id).await
+    }
+    async fn last_activity(
+        &self,
+        id: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError> {
+        self.sessions().await?.last_activity(id).await
+    }
+}
