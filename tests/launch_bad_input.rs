@@ -69,6 +69,7 @@ fn bad_launch_input_leaves_nothing() {
         vec!["scale", "no-such-session", "2"],
         vec!["stop", "no-such-session"],
         vec!["logs", "no-such-session"],
+        vec!["cull", "no-such-session"],
     ] {
         let out = run_berth(&args);
         assert!(!out.status.success());

@@ -64,6 +64,15 @@ fn free_port(ip: &str) -> Result<u16, LaunchError> {
         .map_err(|e| LaunchError::Engine(e.to_string()))
 }
 
+/// The port of a dashboard address (`http://host:port`).
+fn dashboard_port(dashboard: &str) -> Result<u16, LaunchError> {
+    dashboard
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| LaunchError::Engine(format!("bad dashboard address {dashboard}")))
+}
+
 fn engine(e: bollard::errors::Error) -> LaunchError {
     LaunchError::Engine(e.to_string().lines().next().unwrap_or("").to_string())
 }
@@ -612,11 +621,7 @@ impl DockerBackend {
         background: bool,
         with_workers: bool,
     ) -> Result<(), LaunchError> {
-        let port: u16 = dashboard
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| LaunchError::Engine(format!("bad dashboard address {dashboard}")))?;
+        let port = dashboard_port(dashboard)?;
         let w = Workers {
             session: id,
             image: &spec.image,
@@ -935,11 +940,7 @@ impl Backend for DockerBackend {
                 .get(label::BIND_IP)
                 .cloned()
                 .unwrap_or_else(|| "127.0.0.1".into());
-            let port: u16 = dashboard
-                .rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| LaunchError::Engine(format!("bad dashboard address {dashboard}")))?;
+            let port = dashboard_port(&dashboard)?;
             let w = Workers {
                 session: id,
                 image: &image,

@@ -54,13 +54,13 @@ impl WebServer {
         std::os::unix::fs::symlink(&repos, root.path().join("binder-examples")).unwrap();
         std::fs::create_dir(root.path().join("local")).unwrap();
         let git_port = free_port();
-        let daemon = Command::new("git")
-            .args([
-                "daemon",
-                "--export-all",
-                "--reuseaddr",
-                "--listen=127.0.0.1",
-            ])
+        // git-daemon itself, not the `git` wrapper: killing the wrapper would leave it running.
+        let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
+        let exec_path = String::from_utf8_lossy(&exec_path.stdout)
+            .trim()
+            .to_string();
+        let daemon = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
             .arg(format!("--port={git_port}"))
             .arg(format!("--base-path={}", root.path().display()))
             .arg(root.path())
