@@ -540,6 +540,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         r = work => r?,
         code = signals.recv() => {
             eprintln!("berth: interrupted; removing session {id}");
+            berth_builder::finish_cleanups().await;
             remove_session(&backend, &id).await?;
             return Ok(ExitCode::from(128 + code));
         }
@@ -589,6 +590,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         r = work => r,
         sig = signals.recv() => {
             eprintln!("berth: interrupted; removing session {id}");
+            berth_builder::finish_cleanups().await;
             // 128 + the signal's number, as a shell reports it.
             Ok(128 + i64::from(sig))
         }

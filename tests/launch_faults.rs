@@ -439,3 +439,61 @@ fn ls_into_a_closed_pipe_is_not_an_error() {
     assert_eq!(status, Some(0), "{err}");
     assert!(!err.contains("error"), "{err}");
 }
+
+/// Untagged top-level images (`docker images -f dangling=true`).
+fn dangling() -> Vec<String> {
+    let mut v: Vec<String> = docker(&["images", "-q", "--no-trunc", "-f", "dangling=true"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn an_interrupt_during_a_build_step_removes_its_container_and_images() {
+    let _s = serial();
+    // The environment's shared layers first, so the build below reaches `postBuild` quickly.
+    build(
+        repo_with(&[("requirements.txt", "# no packages\n")]).path(),
+        &[],
+    );
+    let nonce = format!("{}-{:?}", std::process::id(), std::time::SystemTime::now());
+    let repo = repo_with(&[
+        ("requirements.txt", "# no packages\n"),
+        (
+            "postBuild",
+            &format!("#!/bin/sh\n# {nonce}\necho postbuild-is-running\nsleep 600\n"),
+        ),
+    ]);
+    let before = (all_containers(), all_networks(), dangling());
+    let _g = build_lock();
+    let mut child = spawn_berth(&[
+        "run",
+        repo.path().to_str().unwrap(),
+        "--workers",
+        "1",
+        "--",
+        "true",
+    ]);
+    // Read the build's log until the step runs, then interrupt.
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("postbuild-is-running") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "berth ended before postBuild ran:\n{seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        assert!(started.elapsed() < Duration::from_secs(300), "{seen}");
+    }
+    signal(&child, "INT");
+    stderr.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert_eq!(
+        (all_containers(), all_networks(), dangling()),
+        before,
+        "no build container, network or untagged step image is left:\n{seen}"
+    );
+}

@@ -15,6 +15,43 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::{BuildError, BuildLimits};
 
+/// Clean-ups of builds whose future was dropped, still running.
+static PENDING_CLEANUPS: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Removes what a build created when its future is dropped before the build ended.
+struct CleanupOnDrop {
+    engine: Engine,
+    track: BuildTrack,
+    armed: bool,
+}
+
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let engine = self.engine.clone();
+            let track = self.track.clone();
+            let task = rt.spawn(async move { engine.cleanup(&track).await });
+            PENDING_CLEANUPS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(task);
+        }
+    }
+}
+
+/// Waits for the clean-ups of builds that were dropped part-way (an interrupted `berth run`
+/// waits for them before it exits, so their step containers and images are gone too).
+pub async fn finish_cleanups() {
+    let tasks: Vec<_> =
+        std::mem::take(&mut *PENDING_CLEANUPS.lock().unwrap_or_else(|e| e.into_inner()));
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 /// What a build has created so far: the step container running now and the images of the
 /// steps it committed (not those reused from Docker's cache), for [`Engine::cleanup`].
 #[derive(Debug, Clone, Default)]
@@ -229,11 +266,19 @@ impl Engine {
         track: &BuildTrack,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<String, BuildError> {
+        // Dropped before the build ends (a client that left, an interrupt): the clean-up runs
+        // on its own task; see [`finish_cleanups`].
+        let mut guard = CleanupOnDrop {
+            engine: self.clone(),
+            track: track.clone(),
+            armed: true,
+        };
         let result = self
             .build_steps(
                 context, tag, dockerfile, labels, no_cache, limits, track, log,
             )
             .await;
+        guard.armed = false;
         match result {
             Ok(id) => {
                 track.take();

@@ -23,7 +23,7 @@ use tracing::{info, info_span, Instrument};
 
 pub use berth_buildpacks::BUILDPACK_VERSION;
 pub use engine::BuildTrack;
-pub use engine::{Engine, ImageInfo};
+pub use engine::{finish_cleanups, Engine, ImageInfo};
 pub use fetch::{
     redact_url, shorten, Checkout, FetchError, FetchProgress, FetchSettings, HostPolicy, RepoCache,
 };
