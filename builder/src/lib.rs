@@ -5,6 +5,7 @@
 //! through the Docker Engine API: the heavy environment image, tagged
 //! `berth-env:<env hash>` and reused whenever the hash matches, and on top of it a thin image
 //! with the repository's files, keyed by the commit's tree.
+#![deny(missing_docs)]
 
 pub mod context;
 pub mod engine;

@@ -8,6 +8,7 @@
 //!
 //! This crate does no I/O: it reads a [`RepoFiles`] snapshot and returns plain data, so detection
 //! and rendering are cheap to test and identical wherever they run.
+#![deny(missing_docs)]
 
 mod addons;
 mod conda;

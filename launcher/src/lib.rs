@@ -5,6 +5,7 @@
 //! embedded default. A Kubernetes backend implements the same trait. Sessions keep no state
 //! outside the backend: they are found again from labels, so a new process (or a restarted
 //! server) sees every running session.
+#![deny(missing_docs)]
 
 mod docker;
 pub mod egress;

@@ -5,6 +5,7 @@
 //! Builds go through a [`Builder`] and sessions through a [`berth_launcher::Backend`], both
 //! trait objects in [`AppState`]: the server uses the Docker engine ([`engine::DockerEngine`]),
 //! tests can use fakes.
+#![deny(missing_docs)]
 
 pub mod builds;
 pub mod config;
