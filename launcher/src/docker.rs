@@ -155,23 +155,31 @@ impl DockerBackend {
 
     /// Removes everything labelled with the session; returns how many objects it removed.
     async fn remove_all(&self, session: &str) -> Result<usize, LaunchError> {
-        let mut n = 0;
-        for c in self.containers(Some(session)).await? {
-            if let Some(id) = c.id {
+        // Containers at once: the engine stops each (up to its grace period) in parallel.
+        let removals = self
+            .containers(Some(session))
+            .await?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .map(|id| async move {
                 let opts = RemoveContainerOptionsBuilder::new()
                     .force(true)
                     .v(true)
                     .build();
                 match self.docker.remove_container(&id, Some(opts)).await {
-                    Ok(()) => n += 1,
+                    Ok(()) => Ok(1),
                     Err(bollard::errors::Error::DockerResponseServerError {
                         status_code: 404,
                         ..
-                    }) => {}
-                    Err(e) => return Err(engine(e)),
+                    }) => Ok(0),
+                    Err(e) => Err(engine(e)),
                 }
-            }
-        }
+            });
+        let mut n: usize = futures_util::future::try_join_all(removals)
+            .await?
+            .into_iter()
+            .sum();
+        // The network last: it cannot go while a container is attached.
         for net in self.networks(Some(session)).await? {
             let Some(net) = net.id else { continue };
             match self.docker.remove_network(&net).await {
