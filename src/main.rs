@@ -113,9 +113,7 @@ struct SessionOpts {
 impl SessionOpts {
     fn spec(&self, image: &str, source: &str) -> SessionSpec {
         let mut spec = SessionSpec::new(image);
-        spec.name_hint = berth_builder::default_image_repo(source)
-            .trim_start_matches("berth/")
-            .to_string();
+        spec.name_hint = name_hint(source);
         spec.workers = self.workers;
         spec.max_workers = self.max_workers;
         spec.limits = Limits {
@@ -128,6 +126,13 @@ impl SessionOpts {
         spec.host_access = self.allow_host_access;
         spec
     }
+}
+
+/// The name a session id starts with: the repository's, as in its image name.
+fn name_hint(source: &str) -> String {
+    berth_builder::default_image_repo(source)
+        .trim_start_matches("berth/")
+        .to_string()
 }
 
 /// Parses a byte count: `1073741824`, `512M`, `2G`, `1.5GiB`.
@@ -525,7 +530,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
     let backend = DockerBackend::with_client(engine.docker().clone());
-    let id = berth_launcher::new_session_id(&args.session.spec("", &req.source).name_hint);
+    let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
         let outcome = build_with_progress(&engine, &req).await?;
         let mut spec = args.session.spec(&outcome.image, &req.source);
@@ -575,7 +580,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let backend = DockerBackend::with_client(engine.docker().clone());
     // The session id is chosen before anything starts, so an interrupt at any moment knows
     // what to remove.
-    let id = berth_launcher::new_session_id(&args.session.spec("", &req.source).name_hint);
+    let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
         let outcome = build_with_progress(&engine, &req).await?;
         let mut spec = args.session.spec(&outcome.image, &req.source);

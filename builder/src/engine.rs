@@ -148,7 +148,8 @@ fn engine_err(e: bollard::errors::Error) -> BuildError {
     BuildError::Engine(one_line(&e.to_string()))
 }
 
-fn one_line(s: &str) -> String {
+/// `s` on one line: its non-empty lines, trimmed, joined by spaces.
+pub(crate) fn one_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

@@ -5,6 +5,7 @@
 //! every URL berth reports goes through [`redact_url`], and libgit2's messages are scrubbed of
 //! the user name and password.
 
+use crate::engine::one_line;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ pub const MAX_SUBMODULE_DEPTH: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The source is a local path that is not a Git repository (work tree or bare).
-    #[error("{} is not a git repository", quote(.0))]
+    #[error("{} is not a git repository", shorten(.0))]
     NotARepository(String),
     /// The URL could not be fetched from.
     #[error("cannot fetch {url}: {message}")]
@@ -90,23 +91,11 @@ pub fn shorten(s: &str) -> String {
     }
 }
 
-fn quote(s: &str) -> String {
-    shorten(s)
-}
-
 fn quote_debug(s: &str) -> String {
     match s.char_indices().nth(QUOTE_CHARS) {
         Some((i, _)) => format!("{:?}…", &s[..i]),
         None => format!("{s:?}"),
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A repository resolved at a commit, with its files read into memory.
@@ -249,6 +238,37 @@ impl HostPolicy {
             }
         }
         Ok(())
+    }
+
+    /// Checks one `allowed` entry: a host name, an IP address, or a CIDR block (`10.0.0.0/8`,
+    /// `fd00::/8`).
+    ///
+    /// # Errors
+    /// A one-line reason.
+    pub fn validate_entry(entry: &str) -> Result<(), String> {
+        if entry.contains('/') {
+            return entry
+                .parse::<ipnet::IpNet>()
+                .map(|_| ())
+                .map_err(|_| format!("{entry:?} is not a CIDR block (address/prefix length)"));
+        }
+        if entry.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let name_ok = !entry.is_empty()
+            && entry.len() <= 253
+            && entry.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if name_ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{entry:?} is not a host name, an IP address or a CIDR block"
+            ))
+        }
     }
 
     fn allows_name(&self, host: &str) -> bool {

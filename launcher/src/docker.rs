@@ -992,10 +992,15 @@ impl Backend for DockerBackend {
                     remove(name).await?;
                 }
             }
+            running.sort();
+            let current = running.len() as u32;
+            // Anything to start needs the image: check once, before anything changes.
+            if (!scheduler_up || workers > current)
+                && self.docker.inspect_image(&image).await.is_err()
+            {
+                return Err(LaunchError::ImageMissing(image));
+            }
             if !scheduler_up {
-                if self.docker.inspect_image(&image).await.is_err() {
-                    return Err(LaunchError::ImageMissing(image));
-                }
                 info!(
                     session = id,
                     "the scheduler is not running; starting a new one"
@@ -1004,12 +1009,7 @@ impl Backend for DockerBackend {
                 self.start_scheduler(&w, &format!("berth-{id}"), &bind_ip, port)
                     .await?;
             }
-            running.sort();
-            let current = running.len() as u32;
             if workers > current {
-                if self.docker.inspect_image(&image).await.is_err() {
-                    return Err(LaunchError::ImageMissing(image));
-                }
                 self.add_workers(&w, max_index + 1..=max_index + (workers - current))
                     .await?;
             } else if workers < current {

@@ -112,7 +112,7 @@ impl AppState {
                 .collect::<Result<Vec<_>, _>>()
         };
         for entry in &config.allow_private_hosts {
-            policy::validate_allowed(entry).map_err(ServeError::AllowedHost)?;
+            berth_builder::HostPolicy::validate_entry(entry).map_err(ServeError::AllowedHost)?;
         }
         metrics_handle();
         let grace = Duration::from_secs(config.abandoned_build_grace_seconds);

@@ -29,48 +29,9 @@ pub fn host_policy(cfg: &Config) -> HostPolicy {
     }
 }
 
-/// Checks one `allow_private_hosts` entry: a host name, an IP address, or a CIDR block
-/// (`10.0.0.0/8`, `fd00::/8`).
-///
-/// # Errors
-/// A one-line reason.
-pub fn validate_allowed(entry: &str) -> Result<(), String> {
-    use std::net::IpAddr;
-    if let Some((addr, prefix)) = entry.split_once('/') {
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{entry:?}: {addr:?} is not an IP address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        return match prefix.parse::<u8>() {
-            Ok(p) if p <= max => Ok(()),
-            _ => Err(format!("{entry:?}: the prefix length must be 0 to {max}")),
-        };
-    }
-    let host = entry;
-    if host.parse::<IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let name_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if name_ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{entry:?} is not a host name, an IP address or a CIDR block"
-        ))
-    }
-}
-
-/// Whether `repo` is a local path or `file://` URL, as [`crate::providers::resolve`] tells
-/// them (which refuses them unless `allow_local` is on).
+/// Whether `repo` is a local path or `file://` URL (see [`crate::providers::is_local_url`]).
 pub fn is_local(repo: &RepoSpec) -> bool {
-    let url = &repo.repo_url;
-    url.starts_with("file:") || url.starts_with('/') || url.starts_with('.') || !url.contains(':')
+    crate::providers::is_local_url(&repo.repo_url)
 }
 
 /// Checks `repo` against `policy` before any build starts, so a refused host is answered at
@@ -98,7 +59,7 @@ mod tests {
     #[test]
     fn allowed_entries_are_checked() {
         for ok in ["127.0.0.1", "10.0.0.0/8", "::1", "fd00::/8", "git.internal"] {
-            assert!(validate_allowed(ok).is_ok(), "{ok}");
+            assert!(HostPolicy::validate_entry(ok).is_ok(), "{ok}");
         }
         for bad in [
             "10.0.0.0/33",
@@ -109,7 +70,7 @@ mod tests {
             "::1/129",
             "[::1]",
         ] {
-            assert!(validate_allowed(bad).is_err(), "{bad}");
+            assert!(HostPolicy::validate_entry(bad).is_err(), "{bad}");
         }
     }
 

@@ -144,6 +144,12 @@ fn decode(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
+/// Whether a `git` provider URL is a local path or a `file://` URL (refused unless the
+/// operator sets `allow_local`).
+pub fn is_local_url(url: &str) -> bool {
+    url.starts_with("file:") || url.starts_with('/') || url.starts_with('.') || !url.contains(':')
+}
+
 /// Resolves `provider` and `spec` (as in `/v2/<provider>/<spec>`) with the configured bases.
 ///
 /// `spec` is the raw path, still percent-encoded. Specs, as BinderHub: `gh`
@@ -231,11 +237,7 @@ pub fn resolve(cfg: &Config, provider: &str, spec: &str) -> Result<RepoSpec, Spe
                     .ok_or_else(|| malformed("<url-escaped clone URL>/<ref>"))?,
             };
             let url = decode(url);
-            let local = url.starts_with("file:")
-                || url.starts_with('/')
-                || url.starts_with('.')
-                || !url.contains(':');
-            if local && !cfg.allow_local {
+            if is_local_url(&url) && !cfg.allow_local {
                 return Err(SpecError::LocalRefused);
             }
             if url.chars().any(|c| c.is_whitespace() || c.is_control()) || url.starts_with('-') {
