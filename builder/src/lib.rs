@@ -471,7 +471,11 @@ pub async fn build(
                 Err(BuildError::Fetch(fetch::hidden(&req.source)))
             }
             Err(_) => {
+                // The timed-out build's own guard has already started removing what it made
+                // (see `engine::finish_cleanups`): wait for it, so nothing is left when this
+                // returns, and a CLI that exits next does not cut it short.
                 engine.cleanup(&track).await;
+                finish_cleanups().await;
                 info!(seconds = req.timeout.as_secs(), "build timed out");
                 Err(BuildError::TimedOut {
                     seconds: req.timeout.as_secs(),

@@ -13,7 +13,9 @@ for await (const data of repo.fetch()) {
   phases.push(data.phase);
   if (data.phase === "ready" || data.phase === "failed") {
     console.log(JSON.stringify({ phases, last: data }));
+    // Done: the client's own stream may still raise EventStreamClose as the server ends the
+    // stream, which would end node with an uncaught error after the answer was printed.
     repo.close();
-    break;
+    process.exit(0);
   }
 }
