@@ -69,6 +69,11 @@ enum Command {
         #[arg(long, env = "BERTH_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Print an image's provenance and exact packages (kernel and server environments).
+    Inspect(InspectArgs),
+    /// Write a PEP 751 pylock.toml of the packages a repository's image holds, so committing
+    /// it makes the next build exact.
+    Lock(LockArgs),
     /// Stop sessions whose Jupyter server has been idle for longer than --max-idle.
     Cull {
         /// Idle time after which a session is stopped (e.g. 30m, 2h).
@@ -108,9 +113,42 @@ struct SessionOpts {
     /// by default a firewall rule keeps them out (needs root and iptables).
     #[arg(long, env = "BERTH_ALLOW_HOST_ACCESS")]
     allow_host_access: bool,
+    /// An environment variable of the Jupyter (or command) container, the scheduler and the
+    /// workers, as repo2docker's -e: KEY=VALUE, or KEY to pass this shell's value on.
+    /// Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Bind-mount a host path into the Jupyter (or command) container and the workers, as
+    /// repo2docker's -v: SRC:DEST, read-write, or SRC:DEST:ro. SRC may be relative and must
+    /// exist; DEST is absolute. Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DEST")]
+    volume: Vec<String>,
+}
+
+/// The `-e` and `-v` of a session, parsed and checked.
+struct SessionExtras {
+    env: Vec<(String, String)>,
+    volumes: Vec<berth_launcher::Volume>,
 }
 
 impl SessionOpts {
+    /// Parses `-e` and `-v` (before anything is built, so a bad one costs nothing).
+    fn extras(&self) -> anyhow::Result<SessionExtras> {
+        let mut env = Vec::new();
+        for e in &self.env {
+            if let Some(kv) = berth_launcher::parse_env(e, |k| std::env::var(k).ok())? {
+                env.push(kv);
+            }
+        }
+        let cwd = std::env::current_dir().context("cannot read the current folder")?;
+        let volumes = self
+            .volume
+            .iter()
+            .map(|v| berth_launcher::Volume::parse(v, &cwd))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SessionExtras { env, volumes })
+    }
+
     fn spec(&self, image: &str, source: &str) -> SessionSpec {
         let mut spec = SessionSpec::new(image);
         spec.name_hint = name_hint(source);
@@ -214,6 +252,63 @@ struct RunArgs {
     command: Vec<String>,
 }
 
+/// repo2docker's options of the image: where the repository goes, its user, its labels, a
+/// Dockerfile's build args, and the folder to build.
+#[derive(Args, Clone)]
+struct ImageOpts {
+    /// Where the repository lives in the image ($REPO_DIR), an absolute path (default: the
+    /// user's home, /home/<user-name>).
+    #[arg(long, value_name = "DIR")]
+    target_repo_dir: Option<String>,
+    /// The uid of the user the image runs as (1 to 65534).
+    #[arg(long, value_name = "UID", default_value_t = berth_builder::DEFAULT_USER_ID)]
+    user_id: u32,
+    /// The name of the user the image runs as (a login name); its home is /home/<NAME>.
+    #[arg(long, value_name = "NAME", default_value = berth_builder::DEFAULT_USER_NAME)]
+    user_name: String,
+    /// A label of the image, KEY=VALUE (keys starting with berth. are berth's). Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// A build arg for a repository's own Dockerfile, KEY=VALUE, or KEY to pass this shell's
+    /// value on; ignored with a warning by the other buildpacks. Repeatable.
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    build_args: Vec<String>,
+    /// Build this folder of the repository as if it were the repository.
+    #[arg(long, value_name = "DIR")]
+    subdir: Option<String>,
+}
+
+impl ImageOpts {
+    /// Sets the request's image options (checked later by the builder, with one error line).
+    fn apply(&self, req: &mut BuildRequest) {
+        req.user_id = self.user_id;
+        req.user_name = self.user_name.clone();
+        req.repo_dir = self
+            .target_repo_dir
+            .clone()
+            .unwrap_or_else(|| format!("/home/{}", self.user_name));
+        // `--label KEY` is an empty label, as `docker build --label KEY`.
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            req.labels.insert(k.to_string(), v.to_string());
+        }
+        // `--build-arg KEY` takes this shell's value, as `docker build`; none, none passed.
+        for a in &self.build_args {
+            match a.split_once('=') {
+                Some((k, v)) => {
+                    req.build_args.insert(k.to_string(), v.to_string());
+                }
+                None => {
+                    if let Ok(v) = std::env::var(a) {
+                        req.build_args.insert(a.clone(), v);
+                    }
+                }
+            }
+        }
+        req.subdir = self.subdir.clone();
+    }
+}
+
 /// Options shared by every command that builds.
 #[derive(Args, Clone)]
 struct BuildOpts {
@@ -228,24 +323,36 @@ struct BuildOpts {
     /// Build everything again, ignoring cached images and Docker's layer cache.
     #[arg(long)]
     no_cache: bool,
-    /// Build with the nearest available Python when the requested one is missing; the
-    /// requested and actual versions are recorded in image labels.
+    /// Build with the nearest available Python when no base image has the requested one and
+    /// uv cannot install it; the requested and actual versions are recorded in image labels.
     #[arg(long)]
     python_fallback: bool,
     /// A CA bundle (PEM) handed to build steps, for networks that intercept TLS.
     #[arg(long, env = "BERTH_CA_CERT", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
-    /// The base image; berth-base:* images are created locally with debootstrap.
-    #[arg(long, env = "BERTH_BASE_IMAGE", default_value = berth_builder::DEFAULT_BASE_IMAGE)]
-    base_image: String,
-    /// Python versions (X.Y) the base image provides, default first.
+    /// The image of the default base (the first of --bases) in place of its own; its Python
+    /// and suite stay. berth-base:* images are created locally with debootstrap.
+    #[arg(long, env = "BERTH_BASE_IMAGE", value_name = "IMAGE")]
+    base_image: Option<String>,
+    /// The base images, one per Python, as PYTHON=SUITE=IMAGE, comma-separated, the default
+    /// Python's first.
     #[arg(
         long,
-        env = "BERTH_PYTHON_VERSIONS",
+        env = "BERTH_BASES",
         value_delimiter = ',',
-        default_value = "3.11"
+        value_name = "X.Y=SUITE=IMAGE,...",
+        default_value = "3.11=bookworm=berth-base:bookworm,3.13=trixie=berth-base:trixie"
     )]
-    python_versions: Vec<String>,
+    bases: Vec<berth_builder::PythonBase>,
+    /// Where uv downloads a Python that no base has: uv (its own source), a mirror's URL
+    /// (uv's UV_PYTHON_INSTALL_MIRROR), or none.
+    #[arg(
+        long,
+        env = "BERTH_PYTHON_MIRROR",
+        value_name = "URL",
+        default_value = "uv"
+    )]
+    python_mirror: berth_builder::PythonDownloads,
     /// Debian mirror used to create a missing base image.
     #[arg(
         long,
@@ -266,6 +373,8 @@ struct BuildOpts {
     /// Most processes of the user a build step runs as (RLIMIT_NPROC).
     #[arg(long, env = "BERTH_BUILD_PIDS", default_value_t = 4096)]
     build_pids: u64,
+    #[command(flatten)]
+    image: ImageOpts,
 }
 
 impl BuildOpts {
@@ -276,8 +385,11 @@ impl BuildOpts {
         req.no_cache = self.no_cache;
         req.python_fallback = self.python_fallback;
         req.ca_cert = self.ca_cert.clone();
-        req.base_image = self.base_image.clone();
-        req.available_pythons = self.python_versions.clone();
+        req.bases = self.bases.clone();
+        if let (Some(image), Some(default)) = (&self.base_image, req.bases.first_mut()) {
+            default.image = image.clone();
+        }
+        req.python_downloads = self.python_mirror.clone();
         req.debian_mirror = self.debian_mirror.clone();
         req.max_repo_bytes = self.max_repo_bytes;
         req.timeout = self.build_timeout;
@@ -285,6 +397,7 @@ impl BuildOpts {
             memory_bytes: Some(self.build_memory),
             pids: Some(self.build_pids),
         };
+        self.image.apply(&mut req);
         req
     }
 }
@@ -377,6 +490,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             berth_web::serve(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Inspect(args) => inspect(args).await,
+        Command::Lock(args) => lock(args).await,
         Command::Cull { max_idle, sessions } => {
             let backend = DockerBackend::connect().await?;
             for id in &sessions {
@@ -467,6 +582,7 @@ impl Progress {
 
 async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let req = args.opts.request();
+    req.validate()?;
     if args.plan || args.dockerfile {
         let quiet = |_ev: BuildEvent| {};
         let co = berth_builder::checkout(&req, &quiet).await?;
@@ -486,6 +602,137 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
         println!("{}", outcome.image);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A local image (as `berth build` printed it), or a repository to build first.
+    #[command(flatten)]
+    opts: BuildOpts,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct LockArgs {
+    #[command(flatten)]
+    opts: BuildOpts,
+    /// Write the lock to FILE instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// The image named by SOURCE when it is a local image; else the image a build of SOURCE gives.
+async fn image_of(engine: &Engine, opts: &BuildOpts) -> anyhow::Result<String> {
+    let looks_like_image = !opts.source.contains("://")
+        && !std::path::Path::new(&opts.source).exists()
+        && berth_builder::validate_image_name(&opts.source).is_ok();
+    if looks_like_image && engine.image(&opts.source).await?.is_some() {
+        return Ok(opts.source.clone());
+    }
+    let req = opts.request();
+    req.validate()?;
+    Ok(build_with_progress(engine, &req).await?.image)
+}
+
+async fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let engine = Engine::connect().await?;
+    let image = image_of(&engine, &args.opts).await?;
+    let p = berth_builder::record::provenance(&engine, &image).await?;
+    if args.json {
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&p)?))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    out.push_str(&format!("image        {} ({})\n", p.image, p.id));
+    out.push_str(&format!("repository   {}\n", dash(&p.repo_url)));
+    out.push_str(&format!("ref          {}\n", dash(&p.r#ref)));
+    out.push_str(&format!("commit       {}\n", dash(&p.commit)));
+    out.push_str(&format!("env hash     {}\n", dash(&p.env_hash)));
+    out.push_str(&format!("buildpack    {}\n", dash(&p.buildpack)));
+    out.push_str(&format!(
+        "python       {} (requested {})\n",
+        dash(&p.python_actual),
+        p.python_requested.as_deref().unwrap_or("nothing")
+    ));
+    out.push_str(&format!("base image   {}\n", dash(&p.base_image_id)));
+    out.push_str(&format!("berth        {}\n", dash(&p.berth_version)));
+    match (&p.packages, &p.packages_sha256) {
+        (Some(pk), digest) => {
+            out.push_str(&format!(
+                "packages     sha256:{} ({})\n",
+                digest.as_deref().unwrap_or("-"),
+                if p.verified {
+                    "verified"
+                } else {
+                    "not verified: no label or a different digest"
+                }
+            ));
+            let mut list = |title: &str, list: &Option<Vec<berth_builder::record::Package>>| {
+                if let Some(l) = list {
+                    out.push_str(&format!("\n{title} ({} packages)\n", l.len()));
+                    for pkg in l {
+                        let extra = if pkg.editable { "  (editable)" } else { "" };
+                        out.push_str(&format!("  {:<32} {}{extra}\n", pkg.name, pkg.version));
+                    }
+                }
+            };
+            list("kernel environment", &Some(pk.kernel.clone()));
+            list("server environment", &pk.server);
+            list("dashboard (scheduler only)", &pk.dashboard);
+        }
+        (None, _) => out.push_str("packages     none recorded (not built by berth's buildpacks)\n"),
+    }
+    print_out(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
+    let engine = Engine::connect().await?;
+    let image = image_of(&engine, &args.opts).await?;
+    let Some((packages, _)) = berth_builder::record::read_packages(&engine, &image).await? else {
+        anyhow::bail!(
+            "{image} has no package record: only images built by berth's buildpacks can be locked"
+        );
+    };
+    let pins = berth_builder::record::pinned_requirements(&packages.kernel);
+    // uv resolves the pinned set against the index for the image's own interpreter, which
+    // gives every wheel's URL and hash; the versions cannot move (every package is pinned).
+    let script = "printf '%s' \"$BERTH_PINS\" > /tmp/berth-pins.txt && uv pip compile --quiet --no-header --format pylock.toml --python /srv/venv/bin/python /tmp/berth-pins.txt";
+    let (code, out, err) = berth_builder::record::run_in_image(
+        &engine,
+        &image,
+        script,
+        vec![format!("BERTH_PINS={pins}"), "NO_COLOR=1".into()],
+    )
+    .await?;
+    if code != 0 {
+        let reason = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("uv failed");
+        anyhow::bail!("cannot lock {image}: {}", reason.trim());
+    }
+    let text = format!(
+        "# Written by `berth lock` from {image}: the kernel environment's {} packages.\n{out}",
+        packages.kernel.len()
+    );
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "berth: wrote {} ({} packages)",
+                path.display(),
+                packages.kernel.len()
+            );
+        }
+        None => print_out(&text)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -527,6 +774,8 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     if let Some(open) = args.open.open() {
         open.url_path()?;
     }
+    let extras = args.session.extras()?;
+    req.validate()?;
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
     let backend = DockerBackend::with_client(engine.docker().clone());
@@ -535,6 +784,9 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         let outcome = build_with_progress(&engine, &req).await?;
         let mut spec = args.session.spec(&outcome.image, &req.source);
         spec.id = Some(id.clone());
+        spec.repo_dir = req.repo_dir.clone();
+        spec.env = extras.env;
+        spec.volumes = extras.volumes;
         spec.open = args.open.open();
         spec.port = args.port;
         spec.labels = session_labels(&outcome, &req);
@@ -575,6 +827,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     // whatever it started is removed.
     let mut signals = Signals::install()?;
     let req = args.opts.request();
+    // Check what can be checked before anything is built or started.
+    let extras = args.session.extras()?;
+    req.validate()?;
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
     let backend = DockerBackend::with_client(engine.docker().clone());
@@ -585,6 +840,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         let outcome = build_with_progress(&engine, &req).await?;
         let mut spec = args.session.spec(&outcome.image, &req.source);
         spec.id = Some(id.clone());
+        spec.repo_dir = req.repo_dir.clone();
+        spec.env = extras.env;
+        spec.volumes = extras.volumes;
         spec.command = Some(args.command.clone());
         spec.labels = session_labels(&outcome, &req);
         let session = backend.start(&spec).await?;

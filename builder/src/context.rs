@@ -88,7 +88,8 @@ fn is_script(plan: &BuildPlan, path: &str) -> bool {
 
 /// The context of an environment image.
 ///
-/// For berth's Python template: `Dockerfile`, `berth/entrypoint`, `berth/ca-certificates.crt`
+/// For berth's Python template: `Dockerfile`, `berth/entrypoint`, berth's support files
+/// ([`berth_buildpacks::context_files`]), `berth/ca-certificates.crt`
 /// (when `ca_cert` is given) and the environment's files under `repo/` (every file when
 /// `plan.whole_repo`). For the `dockerfile` buildpack: the repository itself at the root, as
 /// repo2docker, with the user's Dockerfile where it is.
@@ -110,6 +111,9 @@ pub fn env_context(
     }
     tar.file("Dockerfile", dockerfile.as_bytes(), 0o644)?;
     tar.file("berth/entrypoint", ENTRYPOINT_SCRIPT.as_bytes(), 0o755)?;
+    for f in berth_buildpacks::context_files(plan) {
+        tar.file(f.path, &f.data, f.mode)?;
+    }
     // `COPY repo/` needs the folder even when no spec file goes in it.
     tar.dir("repo")?;
     if let Some(ca) = ca_cert {
@@ -130,18 +134,20 @@ pub fn env_context(
 }
 
 /// The Dockerfile of the repository layer: the environment image plus the repository's files
-/// at `$REPO_DIR`, owned by the user, and `labels` in one `LABEL` instruction (one build step,
-/// not one per label).
+/// at `$REPO_DIR`, owned by the user `user_id` (and the group of the same id, as berth's
+/// template and repo2docker create it), and `labels` in one `LABEL` instruction (one build
+/// step, not one per label).
 pub fn repo_dockerfile(
     env_image: &str,
     repo_dir: &str,
+    user_id: u32,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> String {
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let mut out = format!(
         "# Rendered by berth: the repository's files on top of its environment image.\n\
          FROM {env_image}\n\
-         COPY --chown=1000:1000 repo/ {repo_dir}/\n"
+         COPY --chown={user_id}:{user_id} repo/ {repo_dir}/\n"
     );
     if !labels.is_empty() {
         out.push_str("LABEL");

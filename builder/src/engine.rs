@@ -250,7 +250,9 @@ impl Engine {
     /// the images of the steps this build created (not those it reused from the cache) are
     /// removed, so no untagged image is left. `track` records what the build has created so
     /// far, so that a build stopped from outside (its future dropped) can be cleaned up with
-    /// [`Engine::cleanup`]; it is emptied when the build succeeds.
+    /// [`Engine::cleanup`]; it is emptied when the build succeeds. `build_args` are the
+    /// Dockerfile's `ARG` values (`docker build --build-arg`); the classic builder warns in the
+    /// log about those the Dockerfile does not declare.
     ///
     /// # Errors
     /// [`BuildError::BuildFailed`] with the engine's message when a step fails;
@@ -262,6 +264,7 @@ impl Engine {
         tag: &str,
         dockerfile: &str,
         labels: HashMap<String, String>,
+        build_args: HashMap<String, String>,
         no_cache: bool,
         limits: &BuildLimits,
         track: &BuildTrack,
@@ -276,7 +279,7 @@ impl Engine {
         };
         let result = self
             .build_steps(
-                context, tag, dockerfile, labels, no_cache, limits, track, log,
+                context, tag, dockerfile, labels, build_args, no_cache, limits, track, log,
             )
             .await;
         guard.armed = false;
@@ -299,6 +302,7 @@ impl Engine {
         tag: &str,
         dockerfile: &str,
         labels: HashMap<String, String>,
+        build_args: HashMap<String, String>,
         no_cache: bool,
         limits: &BuildLimits,
         track: &BuildTrack,
@@ -311,16 +315,21 @@ impl Engine {
             forcerm: true,
             nocache: no_cache,
             labels: (!labels.is_empty()).then_some(labels),
+            buildargs: (!build_args.is_empty()).then_some(build_args),
             ..Default::default()
         };
         let docker = self.limited(limits);
-        let failed = |message: &str| {
+        // A step that failed through berth's build helper said why in one line
+        // (`berth-error: <file>: <cause>`, naming the package); that line beats the engine's
+        // "returned a non-zero code".
+        let mut cause: Option<String> = None;
+        let failed = |message: &str, cause: &Option<String>| {
             let message = one_line(message);
             match limits.memory_bytes {
                 Some(m) if message.contains("returned a non-zero code: 137") => {
                     BuildError::OutOfMemory { mib: m >> 20 }
                 }
-                _ => BuildError::BuildFailed(message),
+                _ => BuildError::BuildFailed(cause.clone().unwrap_or(message)),
             }
         };
         let mut stream = docker.build_image(opts, None, Some(bollard::body_full(context.into())));
@@ -331,13 +340,14 @@ impl Engine {
             let info = match item {
                 Ok(info) => info,
                 Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Err(failed(&error))
+                    return Err(failed(&error, &cause))
                 }
-                Err(e) => return Err(failed(&e.to_string())),
+                Err(e) => return Err(failed(&e.to_string(), &cause)),
             };
             if let Some(detail) = info.error_detail {
                 return Err(failed(
                     &detail.message.unwrap_or_else(|| "unknown error".into()),
+                    &cause,
                 ));
             }
             if let Some(s) = info.stream {
@@ -347,6 +357,11 @@ impl Engine {
                     let line = line.trim_end();
                     if !line.is_empty() {
                         step.line(line, track);
+                        if let Some(c) = line.strip_prefix("berth-error: ") {
+                            cause = Some(one_line(c));
+                        } else if line.starts_with("Step ") {
+                            cause = None;
+                        }
                         log(line);
                     }
                 }
@@ -428,8 +443,10 @@ impl Engine {
     ///
     /// A missing image is pulled, unless its name is `berth-base:*`, which no registry has: such
     /// an image (and any image that cannot be pulled, as at air-gapped sites) is created from
-    /// Debian packages: `debootstrap --variant=minbase` of `suite` from `mirror`, imported
-    /// through the Engine API. That needs root and the `debootstrap` command.
+    /// Debian packages: `debootstrap --variant=minbase` of `suite` (`bookworm`, `trixie`) from
+    /// `mirror`, imported through the Engine API. That needs root and the `debootstrap`
+    /// command. Builds of one process that need a missing base at the same time wait for one
+    /// creation rather than each running debootstrap.
     ///
     /// # Errors
     /// [`BuildError::Base`] when neither works.
@@ -440,6 +457,13 @@ impl Engine {
         mirror: &str,
         log: &mut (dyn FnMut(&str) + Send),
     ) -> Result<String, BuildError> {
+        if let Some(img) = self.image(name).await? {
+            return Ok(img.id);
+        }
+        // Creations are rare and slow: one at a time, and the image looked up again once it is
+        // this build's turn (another build may have created it meanwhile).
+        static CREATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = CREATING.lock().await;
         if let Some(img) = self.image(name).await? {
             return Ok(img.id);
         }

@@ -72,6 +72,14 @@ pub enum FetchError {
     /// The fetch was stopped (the build's time ran out).
     #[error("fetch cancelled")]
     Cancelled,
+    /// A `--subdir` that is malformed or not a folder of the commit.
+    #[error("--subdir {}: {reason}", quote_debug(.subdir))]
+    Subdir {
+        /// The folder asked for, as given.
+        subdir: String,
+        /// Why it cannot be built.
+        reason: String,
+    },
     /// Another error from git or the file system.
     #[error("git: {0}")]
     Git(String),
@@ -108,10 +116,16 @@ pub struct Checkout {
     pub reference: String,
     /// The commit the ref resolved to, as 40 hex digits.
     pub commit: String,
-    /// The commit's tree id, as 40 hex digits: the key of the repository layer.
+    /// The commit's tree id, as 40 hex digits: the key of the repository layer. With a
+    /// [`Checkout::subdir`], the id of that folder's tree (of the submodule's commit, when the
+    /// folder is a submodule).
     pub tree: String,
-    /// The files of the tree, with the files of its submodules at their paths.
+    /// The files of the tree, with the files of its submodules at their paths; with a
+    /// [`Checkout::subdir`], the files of that folder, at paths relative to it.
     pub files: RepoFiles,
+    /// The folder of the repository built as if it were its root (`--subdir`), normalised
+    /// (no leading `./`, no trailing `/`); `None` for the whole repository.
+    pub subdir: Option<String>,
     /// What the user should know: submodules that could not be fetched (their files are
     /// missing from [`Checkout::files`]), one line each.
     pub warnings: Vec<String>,
@@ -532,6 +546,70 @@ impl RepoCache {
             tree: tree.id().to_string(),
             files,
             warnings,
+            subdir: None,
+        })
+    }
+
+    /// Narrows a checkout of `source` (made by this cache) to its folder `subdir`, as if that
+    /// folder were the repository: its files at paths relative to it, its tree id as
+    /// [`Checkout::tree`]. A symlink in it that points outside it (but inside the repository)
+    /// is left out with a warning, as its target is not in the build.
+    ///
+    /// # Errors
+    /// [`FetchError::Subdir`] for a malformed `subdir` ([`normalize_subdir`]), a folder the
+    /// commit does not have, a file, or an empty folder; [`FetchError::Git`] when the cached
+    /// clone cannot be read.
+    pub fn narrow(&self, source: &str, co: Checkout, subdir: &str) -> Result<Checkout, FetchError> {
+        let Some(dir) = normalize_subdir(subdir)? else {
+            return Ok(co);
+        };
+        let bad = |reason: String| FetchError::Subdir {
+            subdir: subdir.to_string(),
+            reason,
+        };
+        let url = canonical_source(source)?;
+        let repo = Repository::open_bare(self.path_for(&url))?;
+        let commit = repo.find_commit(Oid::from_str(&co.commit)?)?;
+        let short = &co.commit[..co.commit.len().min(12)];
+        let entry = commit
+            .tree()?
+            .get_path(Path::new(&dir))
+            .map_err(|_| bad(format!("no such folder at commit {short}")))?;
+        let tree = match entry.kind() {
+            Some(ObjectType::Tree) => entry.id().to_string(),
+            // A submodule: its files were read at the commit the parent records.
+            Some(ObjectType::Commit) => entry.id().to_string(),
+            _ => return Err(bad(format!("is a file at commit {short}, not a folder"))),
+        };
+        let prefix = format!("{dir}/");
+        let mut files = RepoFiles::new();
+        let mut warnings = co.warnings;
+        for (path, e) in co.files.iter() {
+            let Some(rel) = path.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let FileEntry::Symlink { target } = e {
+                if symlink_escapes(rel, target) {
+                    warnings.push(format!(
+                        "symlink {path} points outside --subdir {dir} (to {}); left out",
+                        quote_debug(target)
+                    ));
+                    continue;
+                }
+            }
+            files.insert(rel, e.clone());
+        }
+        if files.is_empty() {
+            return Err(bad(format!(
+                "the folder has no files at commit {short} (a submodule that was not fetched?)"
+            )));
+        }
+        Ok(Checkout {
+            tree,
+            files,
+            warnings,
+            subdir: Some(dir),
+            ..co
         })
     }
 
@@ -554,6 +632,36 @@ impl RepoCache {
         fetch(&repo, url, &[], settings, progress)?;
         Ok(repo)
     }
+}
+
+/// Normalises a `--subdir`: `./a/b/` becomes `a/b`; empty or `.` means the whole repository
+/// (`None`).
+///
+/// # Errors
+/// [`FetchError::Subdir`] for an absolute path, `..`, a backslash, control characters or more
+/// than 4096 bytes.
+pub fn normalize_subdir(subdir: &str) -> Result<Option<String>, FetchError> {
+    let bad = |reason: &str| FetchError::Subdir {
+        subdir: subdir.to_string(),
+        reason: reason.to_string(),
+    };
+    if subdir.len() > 4096 {
+        return Err(bad("longer than 4096 bytes"));
+    }
+    if subdir.starts_with('/') {
+        return Err(bad("must be a path relative to the repository's root"));
+    }
+    if subdir.contains('\\') || subdir.chars().any(|c| c.is_control()) {
+        return Err(bad("holds a backslash or control characters"));
+    }
+    let parts: Vec<&str> = subdir
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(bad("may not leave the repository ('..')"));
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
 }
 
 /// URLs stay as given; local paths become absolute and must be git repositories.
@@ -933,24 +1041,29 @@ impl TreeReader<'_> {
 }
 
 /// Refuses symlinks whose target lies outside the tree (absolute, or too many `..`).
+/// Whether the symlink at `path` (relative to a tree's root) with `target` leaves the tree.
+fn symlink_escapes(path: &str, target: &str) -> bool {
+    let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    let mut depth: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    let mut escapes = target.starts_with('/');
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if depth.pop().is_none() {
+                    escapes = true;
+                }
+            }
+            p => depth.push(p),
+        }
+    }
+    escapes
+}
+
 fn check_symlinks(files: &RepoFiles) -> Result<(), FetchError> {
     for (path, entry) in files.iter() {
         if let FileEntry::Symlink { target } = entry {
-            let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-            let mut depth: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
-            let mut escapes = target.starts_with('/');
-            for part in target.split('/') {
-                match part {
-                    "" | "." => {}
-                    ".." => {
-                        if depth.pop().is_none() {
-                            escapes = true;
-                        }
-                    }
-                    p => depth.push(p),
-                }
-            }
-            if escapes {
+            if symlink_escapes(path, target) {
                 return Err(FetchError::SymlinkEscapes {
                     path: path.to_string(),
                     target: target.clone(),
@@ -965,6 +1078,94 @@ fn check_symlinks(files: &RepoFiles) -> Result<(), FetchError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A work-tree repository with `files` (and symlinks `links`, path → target) committed.
+    fn repo_with(files: &[(&str, &str)], links: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        for (path, text) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        for (path, target) in links {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, p).unwrap();
+        }
+        let mut index = repo.index().unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("berth-test", "test@berth.invalid").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "files", &tree, &[])
+            .unwrap();
+        dir
+    }
+
+    #[test]
+    fn subdirs_are_normalised_and_checked() {
+        assert_eq!(normalize_subdir("").unwrap(), None);
+        assert_eq!(normalize_subdir(".").unwrap(), None);
+        assert_eq!(normalize_subdir("./a//b/").unwrap().as_deref(), Some("a/b"));
+        for bad in ["/abs", "../up", "a/../../b", "a\\b", "a\nb"] {
+            let e = normalize_subdir(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--subdir "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_subdir_is_built_as_the_repository() {
+        let work = repo_with(
+            &[
+                ("top.txt", "top"),
+                ("sub/requirements.txt", "requests\n"),
+                ("sub/nb/a.ipynb", "{}"),
+                ("file.txt", "x"),
+            ],
+            &[("sub/up", "../top.txt"), ("sub/inside", "nb/a.ipynb")],
+        );
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = RepoCache::new(cache_dir.path());
+        let source = work.path().to_str().unwrap();
+        let co = cache.checkout(source, None, 1 << 20, &mut |_| {}).unwrap();
+        let sub_tree = Repository::open(work.path())
+            .unwrap()
+            .revparse_single("HEAD:sub")
+            .unwrap()
+            .id()
+            .to_string();
+        let narrowed = cache.narrow(source, co.clone(), "./sub/").unwrap();
+        assert_eq!(narrowed.subdir.as_deref(), Some("sub"));
+        assert_eq!(narrowed.tree, sub_tree);
+        assert_eq!(narrowed.commit, co.commit);
+        let paths: Vec<&str> = narrowed.files.iter().map(|(p, _)| p).collect();
+        assert_eq!(paths, ["inside", "nb/a.ipynb", "requirements.txt"]);
+        assert!(
+            narrowed
+                .warnings
+                .iter()
+                .any(|w| w.contains("symlink sub/up points outside --subdir sub")),
+            "{:?}",
+            narrowed.warnings
+        );
+        // No subdir: the checkout as it was.
+        assert_eq!(cache.narrow(source, co.clone(), ".").unwrap().tree, co.tree);
+        for (bad, why) in [
+            ("missing", "no such folder at commit"),
+            ("file.txt", "is a file"),
+            ("../x", "may not leave the repository"),
+        ] {
+            let e = cache
+                .narrow(source, co.clone(), bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
 
     #[test]
     fn url_or_path() {

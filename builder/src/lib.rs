@@ -11,6 +11,8 @@ pub mod context;
 pub mod engine;
 pub mod fetch;
 pub mod hash;
+pub mod pythons;
+pub mod record;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,21 +20,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use berth_buildpacks::{BuildPlan, BuildpackError, PlanOptions, RenderOptions};
+use berth_buildpacks::{BuildPlan, ManagedPython, PlanOptions, RenderOptions};
 use serde::Serialize;
 use tracing::{info, info_span, Instrument};
 
-pub use berth_buildpacks::BUILDPACK_VERSION;
+pub use berth_buildpacks::{BuildpackError, BUILDPACK_VERSION};
 pub use engine::BuildTrack;
 pub use engine::{finish_cleanups, Engine, ImageInfo};
 pub use fetch::{
     redact_url, shorten, Checkout, FetchError, FetchProgress, FetchSettings, HostPolicy, RepoCache,
 };
+pub use pythons::{
+    default_bases, probe_python_downloads, PythonBase, PythonConfigError, PythonDownloads,
+    PYTHON_PROBE_TIMEOUT, UV_PYTHON_SOURCE,
+};
 
 /// berth's version, recorded in image labels.
 pub const BERTH_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The default base image: Debian bookworm, created locally with debootstrap when missing.
+/// The default base image: Debian bookworm (Python 3.11), created locally with debootstrap
+/// when missing; the first of [`default_bases`].
 pub const DEFAULT_BASE_IMAGE: &str = "berth-base:bookworm";
 
 /// The default limit on a repository's tree, in bytes (1 GiB).
@@ -58,9 +65,59 @@ pub mod labels {
     pub const PYTHON_REQUESTED: &str = "berth.python.requested";
     /// The Python version installed.
     pub const PYTHON_ACTUAL: &str = "berth.python.actual";
+    /// The base image's id (`sha256:…`), as the env hash used it.
+    pub const BASE_IMAGE: &str = "berth.base_image";
+    /// sha256 (hex) of the image's package record (`/etc/berth/packages.json`); repository
+    /// images only.
+    pub const PACKAGES: &str = "berth.packages";
     /// The kind of image: `env` or `repo`.
     pub const KIND: &str = "berth.kind";
+    /// `$REPO_DIR`: where the repository lives in the image (berth's template only).
+    pub const REPO_DIR: &str = "berth.repo_dir";
+    /// The uid of the user the image runs as (berth's template only); the launcher runs
+    /// session containers as it.
+    pub const USER_ID: &str = "berth.user_id";
+    /// The name of the user the image runs as (berth's template only).
+    pub const USER_NAME: &str = "berth.user_name";
+    /// The folder of the repository that was built (`--subdir`), when not the root.
+    pub const SUBDIR: &str = "berth.subdir";
+    /// The prefix of berth's own label keys, which `--label` may not set.
+    pub const PREFIX: &str = "berth.";
 }
+
+/// The default `$REPO_DIR`, as repo2docker: the user's home.
+pub const DEFAULT_REPO_DIR: &str = "/home/jovyan";
+
+/// The default user's uid, as repo2docker's images on mybinder.org.
+pub const DEFAULT_USER_ID: u32 = 1000;
+
+/// The default user's name, as repo2docker's images on mybinder.org.
+pub const DEFAULT_USER_NAME: &str = "jovyan";
+
+/// User names the base image (Debian) already has: `useradd` would fail on them.
+const SYSTEM_USERS: &[&str] = &[
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "nobody",
+    "_apt",
+    "messagebus",
+    "systemd-network",
+];
 
 /// Errors of a build. Each displays as one line.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +164,17 @@ pub enum BuildError {
     /// An `--image-name` that Docker would refuse.
     #[error("invalid image name {0:?}: use lowercase letters, digits, '.', '_', '-', '/' and an optional :tag")]
     InvalidImageName(String),
+    /// A setting of the request that cannot be built with (`--user-id 0`, a relative
+    /// `--target-repo-dir`, a `--label` on a `berth.` key, …).
+    #[error("invalid {option} {}: {reason}", fetch::shorten(&format!("{:?}", .value)))]
+    InvalidSetting {
+        /// The option, as the command line spells it (`--user-id`).
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// An internal error (I/O of a build context, a worker thread).
     #[error("{0}")]
     Internal(String),
@@ -124,18 +192,38 @@ pub struct BuildRequest {
     pub image_name: Option<String>,
     /// Build everything again, without Docker's layer cache and without reusing images.
     pub no_cache: bool,
-    /// Build with the nearest Python when the requested one is missing.
+    /// Build with the nearest Python when the requested one is on no base image and uv cannot
+    /// install it.
     pub python_fallback: bool,
-    /// Python versions (`X.Y`) the base image provides, default first.
-    pub available_pythons: Vec<String>,
+    /// The base images, one per Python version, the default Python's first; [`default_bases`]
+    /// by default. A plan builds from the base that has its Python, and from the first one
+    /// when uv installs the Python (or for no Python at all).
+    pub bases: Vec<PythonBase>,
+    /// Where uv may download a Python that no base has; uv's own source by default.
+    pub python_downloads: PythonDownloads,
     /// A CA bundle (PEM) handed to the build steps, for intercepting TLS proxies.
     pub ca_cert: Option<PathBuf>,
-    /// The base image; [`DEFAULT_BASE_IMAGE`] by default.
-    pub base_image: String,
     /// The Debian mirror debootstrap uses to create a missing base image.
     pub debian_mirror: String,
-    /// `$REPO_DIR` in the image.
+    /// `$REPO_DIR` in the image (`--target-repo-dir`): an absolute path of letters, digits,
+    /// `.`, `_`, `-` and `/`; [`DEFAULT_REPO_DIR`] by default.
     pub repo_dir: String,
+    /// The uid of the user the image runs as (`--user-id`), 1 to 65534;
+    /// [`DEFAULT_USER_ID`] by default. Its home is `/home/<user_name>`.
+    pub user_id: u32,
+    /// The name of the user the image runs as (`--user-name`): a POSIX login name (lowercase
+    /// letters, digits, `_`, `-`, starting with a letter or `_`, at most 32 characters);
+    /// [`DEFAULT_USER_NAME`] by default.
+    pub user_name: String,
+    /// Build args for a repository's own Dockerfile (`--build-arg K=V`); other buildpacks
+    /// ignore them with a warning.
+    pub build_args: std::collections::BTreeMap<String, String>,
+    /// Extra labels of the image (`--label K=V`): on the repository image, or on a Dockerfile
+    /// repository's image. Keys starting with `berth.` are berth's and refused.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The folder of the repository to build as if it were the repository (`--subdir`);
+    /// `None` for the root.
+    pub subdir: Option<String>,
     /// Limit on the repository tree's size in bytes.
     pub max_repo_bytes: u64,
     /// Where clones are cached.
@@ -157,11 +245,16 @@ impl std::fmt::Debug for BuildRequest {
             .field("image_name", &self.image_name)
             .field("no_cache", &self.no_cache)
             .field("python_fallback", &self.python_fallback)
-            .field("available_pythons", &self.available_pythons)
+            .field("bases", &self.bases)
+            .field("python_downloads", &self.python_downloads)
             .field("ca_cert", &self.ca_cert)
-            .field("base_image", &self.base_image)
             .field("debian_mirror", &self.debian_mirror)
             .field("repo_dir", &self.repo_dir)
+            .field("user_id", &self.user_id)
+            .field("user_name", &self.user_name)
+            .field("build_args", &self.build_args)
+            .field("labels", &self.labels)
+            .field("subdir", &self.subdir)
             .field("max_repo_bytes", &self.max_repo_bytes)
             .field("cache_dir", &self.cache_dir)
             .field("timeout", &self.timeout)
@@ -207,11 +300,16 @@ impl BuildRequest {
             image_name: None,
             no_cache: false,
             python_fallback: false,
-            available_pythons: PlanOptions::default().available_pythons,
+            bases: default_bases(),
+            python_downloads: PythonDownloads::default(),
             ca_cert: None,
-            base_image: DEFAULT_BASE_IMAGE.into(),
             debian_mirror: "http://deb.debian.org/debian".into(),
-            repo_dir: "/home/jovyan".into(),
+            repo_dir: DEFAULT_REPO_DIR.into(),
+            user_id: DEFAULT_USER_ID,
+            user_name: DEFAULT_USER_NAME.into(),
+            build_args: Default::default(),
+            labels: Default::default(),
+            subdir: None,
             max_repo_bytes: DEFAULT_MAX_REPO_BYTES,
             cache_dir: default_cache_dir(),
             timeout: DEFAULT_BUILD_TIMEOUT,
@@ -220,19 +318,248 @@ impl BuildRequest {
         }
     }
 
+    /// The Python versions of the bases (`X.Y`), the default first, each once.
+    pub fn available_pythons(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for b in &self.bases {
+            if !out.contains(&b.python) {
+                out.push(b.python.clone());
+            }
+        }
+        out
+    }
+
+    /// The base `plan` builds from: the first whose Python the plan installs, else the first
+    /// (default) one: for a Python uv installs, and for the `dockerfile` buildpack (whose own
+    /// Dockerfile names its base). `None` only when there are no bases.
+    pub fn base_for(&self, plan: &BuildPlan) -> Option<&PythonBase> {
+        let python = plan.python.as_ref().filter(|p| !p.managed);
+        python
+            .and_then(|p| self.bases.iter().find(|b| b.python == p.version))
+            .or_else(|| self.bases.first())
+    }
+
     fn plan_options(&self) -> PlanOptions {
         PlanOptions {
-            available_pythons: self.available_pythons.clone(),
+            available_pythons: self.available_pythons(),
             python_fallback: self.python_fallback,
+            ..PlanOptions::default()
         }
     }
 
-    fn render_options(&self) -> RenderOptions {
+    fn render_options(&self, plan: &BuildPlan) -> RenderOptions {
         RenderOptions {
-            base_image: self.base_image.clone(),
+            base_image: self
+                .base_for(plan)
+                .map(|b| b.image.clone())
+                .unwrap_or_else(|| DEFAULT_BASE_IMAGE.into()),
             repo_dir: self.repo_dir.clone(),
             ca_cert: self.ca_cert.is_some(),
+            user_id: self.user_id,
+            user_name: self.user_name.clone(),
         }
+    }
+
+    /// Checks the settings repo2docker's flags give, before anything is fetched or built.
+    ///
+    /// # Errors
+    /// [`BuildError::InvalidSetting`] for: a `repo_dir` that is not absolute, has `.` or `..`
+    /// components or other characters than letters, digits, `.`, `_`, `-` and `/`, or is `/`
+    /// or a system folder (`/usr`, `/etc`, …); a `user_id` of 0 (root) or over 65534; a
+    /// `user_name` that is no POSIX login name or is a system user of the base image; a build
+    /// arg name that is not letters, digits and `_`; a label key that is empty, starts with
+    /// `berth.` or holds whitespace, `=` or control characters, or a label value with control
+    /// characters. [`BuildError::Fetch`] ([`FetchError::Subdir`]) for a malformed `subdir`.
+    pub fn validate(&self) -> Result<(), BuildError> {
+        let bad = |option: &'static str, value: &str, reason: &str| BuildError::InvalidSetting {
+            option,
+            value: value.to_string(),
+            reason: reason.to_string(),
+        };
+        if self.user_id == 0 {
+            return Err(bad(
+                "--user-id",
+                "0",
+                "root may not be the image's user; use 1 to 65534",
+            ));
+        }
+        if self.user_id > 65534 {
+            return Err(bad(
+                "--user-id",
+                &self.user_id.to_string(),
+                "use 1 to 65534",
+            ));
+        }
+        let n = &self.user_name;
+        let name_ok = !n.is_empty()
+            && n.len() <= 32
+            && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(bad(
+                "--user-name",
+                n,
+                "use a login name: lowercase letters, digits, '_' and '-', starting with a letter or '_', at most 32",
+            ));
+        }
+        if SYSTEM_USERS.contains(&n.as_str()) {
+            return Err(bad(
+                "--user-name",
+                n,
+                "the base image already has this system user",
+            ));
+        }
+        // After the user: the default `$REPO_DIR` is the user's home.
+        check_repo_dir(&self.repo_dir).map_err(|r| bad("--target-repo-dir", &self.repo_dir, &r))?;
+        for (k, v) in &self.build_args {
+            let ok = !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                return Err(bad(
+                    "--build-arg",
+                    &format!("{k}={v}"),
+                    "the name must be letters, digits and '_', not starting with a digit",
+                ));
+            }
+            if v.contains('\0') {
+                return Err(bad(
+                    "--build-arg",
+                    &format!("{k}={v}"),
+                    "the value holds a NUL byte",
+                ));
+            }
+        }
+        for (k, v) in &self.labels {
+            let shown = format!("{k}={v}");
+            if k.is_empty()
+                || k.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '=' || c == '"')
+            {
+                return Err(bad(
+                    "--label",
+                    &shown,
+                    "the key must be non-empty, without whitespace, '=', '\"' or control characters",
+                ));
+            }
+            if k.to_ascii_lowercase().starts_with(labels::PREFIX) {
+                return Err(bad(
+                    "--label",
+                    &shown,
+                    "keys starting with berth. are berth's own",
+                ));
+            }
+            if v.chars().any(|c| c.is_control()) {
+                return Err(bad("--label", &shown, "the value holds control characters"));
+            }
+        }
+        if let Some(d) = &self.subdir {
+            fetch::normalize_subdir(d)?;
+        }
+        Ok(())
+    }
+
+    /// The build args a Dockerfile repository gets, as repo2docker passes them: `NB_USER`,
+    /// `NB_UID`, `REPO_DIR` (when not the default), then `--build-arg`s (which win).
+    pub fn dockerfile_build_args(&self) -> std::collections::BTreeMap<String, String> {
+        let mut args = std::collections::BTreeMap::new();
+        args.insert("NB_USER".to_string(), self.user_name.clone());
+        args.insert("NB_UID".to_string(), self.user_id.to_string());
+        if self.repo_dir != DEFAULT_REPO_DIR {
+            args.insert("REPO_DIR".to_string(), self.repo_dir.clone());
+        }
+        args.extend(self.build_args.clone());
+        args
+    }
+
+    /// What the env hash covers besides the plan and the files, for `plan` on a base image
+    /// whose id is `base_image_id`: build args and labels count only for a Dockerfile
+    /// repository (berth's template ignores build args; labels go on its repository layer).
+    pub fn env_settings(&self, plan: &BuildPlan, base_image_id: &str) -> hash::EnvSettings {
+        let dockerfile = plan.dockerfile.is_some();
+        hash::EnvSettings {
+            base_image_id: base_image_id.to_string(),
+            repo_dir: self.repo_dir.clone(),
+            user_id: self.user_id,
+            user_name: self.user_name.clone(),
+            build_args: if dockerfile {
+                self.dockerfile_build_args()
+            } else {
+                Default::default()
+            },
+            labels: if dockerfile {
+                self.labels.clone()
+            } else {
+                Default::default()
+            },
+        }
+    }
+
+    /// Warnings about settings the plan does not use: `--build-arg` outside a Dockerfile
+    /// repository.
+    pub fn warnings(&self, plan: &BuildPlan) -> Vec<String> {
+        let mut out = Vec::new();
+        if plan.dockerfile.is_none() && !self.build_args.is_empty() {
+            let names: Vec<&str> = self.build_args.keys().map(String::as_str).collect();
+            out.push(format!(
+                "--build-arg {} ignored: only a repository's own Dockerfile takes build args (this is the {} buildpack)",
+                names.join(", "),
+                plan.buildpack
+            ));
+        }
+        out
+    }
+}
+
+/// Top-level folders of the base image a repository may not be copied over.
+const SYSTEM_DIRS: &[&str] = &[
+    "bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "opt", "proc", "root", "run",
+    "sbin", "srv", "sys", "tmp", "usr", "var", "home",
+];
+
+/// Why `dir` cannot be `$REPO_DIR`, if it cannot.
+fn check_repo_dir(dir: &str) -> Result<(), String> {
+    if !dir.starts_with('/') {
+        return Err("must be an absolute path (e.g. /srv/repo)".into());
+    }
+    if dir.len() > 255 {
+        return Err("longer than 255 bytes".into());
+    }
+    if !dir
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'))
+    {
+        return Err("use letters, digits, '.', '_', '-' and '/'".into());
+    }
+    let parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err("may not contain '.' or '..'".into());
+    }
+    if dir.contains("//") || (dir.len() > 1 && dir.ends_with('/')) {
+        return Err("write it without '//' or a trailing '/'".into());
+    }
+    let berths = [
+        berth_buildpacks::VENV_DIR,
+        "/srv/server",
+        "/srv/dashboard",
+        "/srv/berth",
+        "/opt/berth",
+        "/etc/berth",
+    ];
+    if let Some(b) = berths
+        .iter()
+        .find(|b| dir == **b || dir.starts_with(&format!("{b}/")))
+    {
+        return Err(format!("{b} holds berth's own files"));
+    }
+    match parts.as_slice() {
+        [] => Err("may not be /".into()),
+        [top] if SYSTEM_DIRS.contains(top) => Err(format!("may not be the system folder /{top}")),
+        [first, ..] if matches!(*first, "proc" | "sys" | "dev") => {
+            Err(format!("may not be under /{first}"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -299,14 +626,18 @@ pub struct BuildOutcome {
     pub seconds: f64,
 }
 
-/// Fetches the repository of `req` (blocking work on a worker thread).
+/// Fetches the repository of `req` (blocking work on a worker thread), narrowed to
+/// `req.subdir` when one is given ([`RepoCache::narrow`]). The request is checked first
+/// ([`BuildRequest::validate`]).
 ///
 /// # Errors
-/// [`BuildError::Fetch`].
+/// [`BuildError::InvalidSetting`] from the check; [`BuildError::Fetch`].
 pub async fn checkout(
     req: &BuildRequest,
     report: &(dyn Fn(BuildEvent) + Send + Sync),
 ) -> Result<Checkout, BuildError> {
+    req.validate()?;
+    let subdir = req.subdir.clone();
     let cache = RepoCache::new(req.cache_dir.join("repos"));
     let source = req.source.clone();
     let reference = req.reference.clone();
@@ -329,6 +660,10 @@ pub async fn checkout(
                 cache.checkout_with(&source, reference.as_deref(), max, &settings, &mut |p| {
                     let _ = tx.send(p);
                 });
+            let result = match (result, &subdir) {
+                (Ok(co), Some(dir)) => cache.narrow(&source, co, dir),
+                (other, _) => other,
+            };
             let _ = done_tx.send(result);
         })
         .map_err(|e| BuildError::Internal(format!("cannot start the fetch thread: {e}")))?;
@@ -352,15 +687,86 @@ impl Drop for CancelOnDrop {
 
 /// Makes the build plan of a checked-out repository.
 ///
+/// When the repository asks for a Python that no base image has, this checks whether uv can
+/// download one ([`probe_python_downloads`]), blocking the calling thread for at most
+/// [`PYTHON_PROBE_TIMEOUT`]; otherwise it reaches no network. Builds use the same logic
+/// without blocking their runtime.
+///
 /// # Errors
-/// [`BuildError::Spec`].
+/// [`BuildError::Spec`], with the reason uv cannot install a missing Python.
 pub fn plan(req: &BuildRequest, co: &Checkout) -> Result<BuildPlan, BuildError> {
-    Ok(berth_buildpacks::plan(&co.files, &req.plan_options())?)
+    match first_plan(req, co) {
+        Err(NeedsProbe) => {
+            let managed = probe_python_downloads(&req.python_downloads, PYTHON_PROBE_TIMEOUT);
+            final_plan(req, co, managed)
+        }
+        Ok(r) => r,
+    }
 }
 
-/// Renders the environment image's Dockerfile.
+/// [`plan`] for a build: the check of the download source runs on a blocking thread. With the
+/// plan comes, when it falls back to another Python, why uv could not install the requested
+/// one (a warning kept out of the plan, which enters the env hash).
+async fn plan_for_build(
+    req: &BuildRequest,
+    co: &Checkout,
+) -> Result<(BuildPlan, Option<String>), BuildError> {
+    match first_plan(req, co) {
+        Err(NeedsProbe) => {
+            let downloads = req.python_downloads.clone();
+            let managed = tokio::task::spawn_blocking(move || {
+                probe_python_downloads(&downloads, PYTHON_PROBE_TIMEOUT)
+            })
+            .await
+            .map_err(|e| BuildError::Internal(format!("the download check failed: {e}")))?;
+            let why = match &managed {
+                ManagedPython::Unavailable(why) => Some(why.clone()),
+                ManagedPython::Available { .. } => None,
+            };
+            let plan = final_plan(req, co, managed)?;
+            let note = match (&plan.python, why) {
+                (Some(py), Some(why)) if py.fallback => Some(format!(
+                    "uv cannot install Python {} either: {why}",
+                    py.requested.as_deref().unwrap_or("?")
+                )),
+                _ => None,
+            };
+            Ok((plan, note))
+        }
+        Ok(r) => r.map(|p| (p, None)),
+    }
+}
+
+/// The plan needs to know whether uv can download a Python.
+struct NeedsProbe;
+
+/// Plans without reaching the network and without a fallback: a plan (or an error other than
+/// a missing Python) is final, since neither could change; a missing Python needs the check.
+fn first_plan(
+    req: &BuildRequest,
+    co: &Checkout,
+) -> Result<Result<BuildPlan, BuildError>, NeedsProbe> {
+    let mut opts = req.plan_options();
+    opts.python_fallback = false;
+    match berth_buildpacks::plan(&co.files, &opts) {
+        Err(BuildpackError::PythonUnavailable { .. }) => Err(NeedsProbe),
+        r => Ok(r.map_err(BuildError::from)),
+    }
+}
+
+fn final_plan(
+    req: &BuildRequest,
+    co: &Checkout,
+    managed: ManagedPython,
+) -> Result<BuildPlan, BuildError> {
+    let mut opts = req.plan_options();
+    opts.managed_python = managed;
+    Ok(berth_buildpacks::plan(&co.files, &opts)?)
+}
+
+/// Renders the environment image's Dockerfile, `FROM` the base that has the plan's Python.
 pub fn dockerfile(req: &BuildRequest, co: &Checkout, plan: &BuildPlan) -> String {
-    berth_buildpacks::render_dockerfile(plan, &co.files, &req.render_options())
+    berth_buildpacks::render_dockerfile(plan, &co.files, &req.render_options(plan))
 }
 
 /// Checks an image name as Docker's reference grammar would (lowercase path components, an
@@ -519,9 +925,14 @@ async fn build_inner(
     )));
 
     report(BuildEvent::Phase(Phase::Detecting));
-    let plan = plan(req, &co)?;
+    let (plan, python_note) = plan_for_build(req, &co).await?;
     report(BuildEvent::Log(format!("buildpack: {}", plan.buildpack)));
-    for w in &plan.warnings {
+    for w in plan
+        .warnings
+        .iter()
+        .chain(&python_note)
+        .chain(&req.warnings(&plan))
+    {
         report(BuildEvent::Warning(w.clone()));
     }
 
@@ -531,11 +942,29 @@ async fn build_inner(
         // A user's Dockerfile names its own base; its bytes are in the hash.
         String::new()
     } else {
+        let base = req
+            .base_for(&plan)
+            .ok_or_else(|| BuildError::Base("no base images are configured (--bases)".into()))?;
+        if let Some(py) = &plan.python {
+            log(&if py.managed {
+                format!(
+                    "Python {} from uv ({}), on base image {}",
+                    py.version,
+                    req.python_downloads.url().unwrap_or(UV_PYTHON_SOURCE),
+                    base.image
+                )
+            } else {
+                format!(
+                    "Python {} from base image {} (Debian {})",
+                    py.version, base.image, base.suite
+                )
+            });
+        }
         engine
-            .ensure_base(&req.base_image, "bookworm", &req.debian_mirror, &mut log)
+            .ensure_base(&base.image, &base.suite, &req.debian_mirror, &mut log)
             .await?
     };
-    let env_hash = hash::env_hash(&plan, &co.files, &base_id, &req.repo_dir);
+    let env_hash = hash::env_hash_with(&plan, &co.files, &req.env_settings(&plan, &base_id));
     let env_image = format!("berth-env:{env_hash}");
     info!(%env_hash, buildpack = %plan.buildpack, "planned");
 
@@ -546,6 +975,18 @@ async fn build_inner(
     common.insert(labels::REPO_URL.to_string(), co.url.clone());
     common.insert(labels::REF.to_string(), co.reference.clone());
     common.insert(labels::COMMIT.to_string(), co.commit.clone());
+    if let Some(dir) = &co.subdir {
+        common.insert(labels::SUBDIR.to_string(), dir.clone());
+    }
+    if !base_id.is_empty() {
+        common.insert(labels::BASE_IMAGE.to_string(), base_id.clone());
+    }
+    if plan.dockerfile.is_none() {
+        // What the launcher needs to run the image: its user and where its repository is.
+        common.insert(labels::REPO_DIR.to_string(), req.repo_dir.clone());
+        common.insert(labels::USER_ID.to_string(), req.user_id.to_string());
+        common.insert(labels::USER_NAME.to_string(), req.user_name.clone());
+    }
     if let Some(py) = &plan.python {
         common.insert(labels::PYTHON_ACTUAL.to_string(), py.version.clone());
         if let Some(r) = &py.requested {
@@ -573,6 +1014,13 @@ async fn build_inner(
             .clone()
             .unwrap_or_else(|| "Dockerfile".into());
         let mut l = common.clone();
+        let mut build_args = HashMap::new();
+        if plan.dockerfile.is_some() {
+            // A Dockerfile repository's image is this one: its labels and build args (both in
+            // the env hash) go here.
+            l.extend(req.labels.clone());
+            build_args.extend(req.dockerfile_build_args());
+        }
         l.insert(labels::KIND.to_string(), "env".into());
         let span = info_span!("build_env", %env_hash);
         engine
@@ -581,6 +1029,7 @@ async fn build_inner(
                 &env_image,
                 &dockerfile_path,
                 l,
+                build_args,
                 req.no_cache,
                 &req.limits,
                 track,
@@ -603,6 +1052,7 @@ async fn build_inner(
             None => format!("{}:{}", default_image_repo(&co.url), &co.tree[..12]),
         };
         let mut l: std::collections::BTreeMap<String, String> = common.into_iter().collect();
+        l.extend(req.labels.clone());
         l.insert(labels::KIND.to_string(), "repo".into());
         l.insert(labels::TREE.to_string(), co.tree.clone());
         // Reused only when every label would be the same: the same tree and environment
@@ -620,7 +1070,11 @@ async fn build_inner(
             report(BuildEvent::Log(format!("reusing repository image {name}")));
         } else {
             report(BuildEvent::Phase(Phase::BuildingRepo));
-            let df = context::repo_dockerfile(&env_image, &req.repo_dir, &l);
+            // The environment's package record, pinned by its digest in a label.
+            if let Some((_, bytes)) = record::read_packages(engine, &env_image).await? {
+                l.insert(labels::PACKAGES.to_string(), record::digest(&bytes));
+            }
+            let df = context::repo_dockerfile(&env_image, &req.repo_dir, req.user_id, &l);
             let ctx = context::repo_context(&plan, &co.files, &df)
                 .map_err(|e| BuildError::Internal(e.to_string()))?;
             let span = info_span!("build_repo", tree = %co.tree);
@@ -629,6 +1083,7 @@ async fn build_inner(
                     ctx,
                     &name,
                     "Dockerfile",
+                    HashMap::new(),
                     HashMap::new(),
                     req.no_cache,
                     &req.limits,
@@ -682,6 +1137,132 @@ mod tests {
             default_image_repo("https://u:t0ken-s3cret@example.org"),
             "berth/example.org"
         );
+    }
+
+    #[test]
+    fn repo2docker_settings_are_checked() {
+        let ok = BuildRequest::new("x");
+        assert!(ok.validate().is_ok());
+        let mut good = BuildRequest::new("x");
+        good.user_id = 1234;
+        good.user_name = "ana".into();
+        good.repo_dir = "/srv/repo".into();
+        good.labels.insert("team".into(), "x".into());
+        good.labels
+            .insert("org.opencontainers.image.title".into(), "a b".into());
+        good.build_args.insert("VERSION".into(), "1.2".into());
+        good.subdir = Some("./sub/".into());
+        assert!(good.validate().is_ok(), "{:?}", good.validate());
+        type Change = Box<dyn Fn(&mut BuildRequest)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("invalid --user-id", Box::new(|r| r.user_id = 0)),
+            ("invalid --user-id", Box::new(|r| r.user_id = 70000)),
+            (
+                "invalid --user-name",
+                Box::new(|r| r.user_name = "Ana".into()),
+            ),
+            (
+                "invalid --user-name",
+                Box::new(|r| r.user_name = "a b".into()),
+            ),
+            (
+                "invalid --user-name",
+                Box::new(|r| r.user_name = "-a".into()),
+            ),
+            (
+                "invalid --user-name",
+                Box::new(|r| r.user_name = "x".repeat(33)),
+            ),
+            (
+                "invalid --user-name",
+                Box::new(|r| r.user_name = "root".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "rel/dir".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "/".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "/a/../etc".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "/a b".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "/a;rm".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "/usr".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "/proc/x".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "/srv/venv".into()),
+            ),
+            (
+                "invalid --target-repo-dir",
+                Box::new(|r| r.repo_dir = "/srv/x/".into()),
+            ),
+            (
+                "invalid --label",
+                Box::new(|r| {
+                    r.labels.insert("berth.commit".into(), "x".into());
+                }),
+            ),
+            (
+                "invalid --label",
+                Box::new(|r| {
+                    r.labels.insert("".into(), "x".into());
+                }),
+            ),
+            (
+                "invalid --label",
+                Box::new(|r| {
+                    r.labels.insert("k".into(), "a\nb".into());
+                }),
+            ),
+            (
+                "invalid --build-arg",
+                Box::new(|r| {
+                    r.build_args.insert("A-B".into(), "x".into());
+                }),
+            ),
+            ("--subdir", Box::new(|r| r.subdir = Some("../up".into()))),
+        ];
+        for (want, change) in cases {
+            let mut r = BuildRequest::new("x");
+            change(&mut r);
+            let e = r.validate().expect_err(want).to_string();
+            assert!(e.starts_with(want), "{want}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let mut long = BuildRequest::new("x");
+        long.user_name = "y".repeat(10_000);
+        assert!(long.validate().unwrap_err().to_string().len() < 300);
+    }
+
+    #[test]
+    fn dockerfile_build_args_follow_repo2docker() {
+        let mut r = BuildRequest::new("x");
+        let args = r.dockerfile_build_args();
+        assert_eq!(args.get("NB_USER").map(String::as_str), Some("jovyan"));
+        assert_eq!(args.get("NB_UID").map(String::as_str), Some("1000"));
+        assert!(!args.contains_key("REPO_DIR"));
+        r.repo_dir = "/srv/repo".into();
+        r.build_args.insert("NB_UID".into(), "2000".into());
+        let args = r.dockerfile_build_args();
+        assert_eq!(args.get("REPO_DIR").map(String::as_str), Some("/srv/repo"));
+        assert_eq!(args.get("NB_UID").map(String::as_str), Some("2000"));
     }
 
     #[test]

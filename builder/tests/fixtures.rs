@@ -37,6 +37,7 @@ fn plan_options() -> PlanOptions {
     PlanOptions {
         available_pythons: vec!["3.11".into()],
         python_fallback: true,
+        ..PlanOptions::default()
     }
 }
 

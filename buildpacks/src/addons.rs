@@ -1,7 +1,7 @@
 //! Files that apply to every non-Dockerfile buildpack, as in repo2docker: `runtime.txt`,
 //! `apt.txt`, `postBuild` and `start`.
 
-use crate::{BuildPlan, BuildpackError, PlanOptions, PythonChoice, SpecDir};
+use crate::{BuildPlan, BuildpackError, ManagedPython, PlanOptions, PythonChoice, SpecDir};
 
 /// Fills the plan parts every Python-family buildpack shares: `apt.txt`, `postBuild`, `start`,
 /// and the interpreter from `runtime.txt` unless `requested` (from `environment.yml` or
@@ -22,6 +22,8 @@ pub(crate) fn common_plan(
         apt_packages: Vec::new(),
         packages: Vec::new(),
         requirements_files: Vec::new(),
+        lock: None,
+        server: crate::ServerEnv::Berth,
         local_install: None,
         post_build: None,
         start: None,
@@ -59,11 +61,13 @@ pub(crate) fn common_plan(
     Ok(plan)
 }
 
-/// Parses `runtime.txt`: `python-X.Y` or `python-X.Y.Z` gives `X.Y`. Other runtimes
-/// (`r-…`, as repo2docker's R buildpack) are not Python and give `None`.
+/// Parses `runtime.txt` as repo2docker does: `python-3` asks for the default Python (`None`),
+/// `python-X.Y` and `python-X.Y.Z` for `X.Y`. Other runtimes (`r-…`, as repo2docker's R
+/// buildpack) are not Python and give `None`.
 ///
 /// # Errors
-/// [`BuildpackError::InvalidSpec`] for a `python-` line whose version is not `X.Y[.Z]`.
+/// [`BuildpackError::InvalidSpec`] naming the file for a `python-` line that is none of these
+/// (`python-three`, `python-3.x`, `python-2`).
 pub(crate) fn parse_runtime_txt(path: &str, text: &str) -> Result<Option<String>, BuildpackError> {
     let line = text
         .lines()
@@ -73,12 +77,18 @@ pub(crate) fn parse_runtime_txt(path: &str, text: &str) -> Result<Option<String>
     let Some(version) = line.strip_prefix("python-") else {
         return Ok(None);
     };
-    major_minor(version)
-        .map(Some)
-        .ok_or_else(|| BuildpackError::InvalidSpec {
+    let parts: Vec<&str> = version.split('.').collect();
+    let numeric = parts
+        .iter()
+        .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()));
+    match parts.as_slice() {
+        ["3"] => Ok(None),
+        [major, minor] | [major, minor, _] if numeric => Ok(Some(format!("{major}.{minor}"))),
+        _ => Err(BuildpackError::InvalidSpec {
             file: path.to_string(),
-            message: format!("expected python-X.Y, found {line:?}"),
-        })
+            message: format!("expected python-3, python-X.Y or python-X.Y.Z, found {line:?}"),
+        }),
+    }
 }
 
 /// `X.Y` of a version string such as `3.10`, `3.10.4` or `3.10.*`.
@@ -96,8 +106,13 @@ pub(crate) fn major_minor(version: &str) -> Option<String> {
     Some(format!("{major}.{minor}"))
 }
 
-/// Picks the interpreter: the requested one when available, else the nearest with
-/// `--python-fallback`, else an error. Without a request, the first available version.
+/// Picks the interpreter: the requested one when a base image has it; else, for a Python 3
+/// version, one installed by uv when `opts.managed_python` allows it; else the nearest available
+/// one with `--python-fallback` (and a warning); else an error saying why uv could not install
+/// it. Without a request, the first available version.
+///
+/// # Errors
+/// [`BuildpackError::PythonUnavailable`] when none of these applies.
 pub(crate) fn choose_python(
     requested: Option<(String, String)>,
     opts: &PlanOptions,
@@ -113,6 +128,8 @@ pub(crate) fn choose_python(
             requested: None,
             version: default,
             fallback: false,
+            managed: false,
+            mirror: None,
         });
     };
     if opts.available_pythons.contains(&want) {
@@ -120,13 +137,29 @@ pub(crate) fn choose_python(
             requested: Some(want.clone()),
             version: want,
             fallback: false,
+            managed: false,
+            mirror: None,
         });
     }
+    let why_not_managed = match &opts.managed_python {
+        ManagedPython::Available { mirror } if want.starts_with("3.") => {
+            return Ok(PythonChoice {
+                requested: Some(want.clone()),
+                version: want,
+                fallback: false,
+                managed: true,
+                mirror: mirror.clone(),
+            });
+        }
+        ManagedPython::Available { .. } => "uv installs only Python 3".to_string(),
+        ManagedPython::Unavailable(reason) => reason.clone(),
+    };
     if !opts.python_fallback {
         return Err(BuildpackError::PythonUnavailable {
             file,
             requested: want,
             available: opts.available_pythons.join(", "),
+            managed: why_not_managed,
         });
     }
     let key = |v: &str| -> (i64, i64) {
@@ -144,6 +177,8 @@ pub(crate) fn choose_python(
         })
         .cloned()
         .unwrap_or(default);
+    // The plan enters the env hash: the warning names no reason that could change from one
+    // build to the next (the builder reports why uv could not install it beside the plan).
     warnings.push(format!(
         "{file} asks for Python {want}, which is not available; building with Python {nearest} (--python-fallback)"
     ));
@@ -151,6 +186,8 @@ pub(crate) fn choose_python(
         requested: Some(want),
         version: nearest,
         fallback: true,
+        managed: false,
+        mirror: None,
     })
 }
 
@@ -205,7 +242,29 @@ mod tests {
             Some("3.9".into())
         );
         assert_eq!(parse_runtime_txt("r", "r-4.1-2022-01-01").unwrap(), None);
-        assert!(parse_runtime_txt("r", "python-three").is_err());
+        // The default Python, as repo2docker reads it.
+        assert_eq!(parse_runtime_txt("r", "python-3\n").unwrap(), None);
+        assert_eq!(
+            parse_runtime_txt("r", "# pinned\npython-3.13.1\n").unwrap(),
+            Some("3.13".into())
+        );
+        for bad in [
+            "python-three",
+            "python-3.x",
+            "python-3.10.x",
+            "python-3.",
+            "python-",
+            "python-2",
+            "python-3.10.1.2",
+            "python-99999.1",
+        ] {
+            let err = parse_runtime_txt("binder/runtime.txt", bad).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("binder/runtime.txt: expected python-3, python-X.Y"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -240,17 +299,66 @@ mod tests {
         let opts = PlanOptions {
             available_pythons: vec!["3.11".into(), "3.9".into(), "3.12".into()],
             python_fallback: true,
+            managed_python: ManagedPython::Unavailable("cannot reach example.org".into()),
         };
         let mut w = vec![];
         let c = choose_python(Some(("runtime.txt".into(), "3.10".into())), &opts, &mut w).unwrap();
         assert_eq!(c.version, "3.11");
-        assert!(c.fallback);
-        assert_eq!(w.len(), 1);
+        assert!(c.fallback && !c.managed);
+        assert_eq!(
+            w,
+            ["runtime.txt asks for Python 3.10, which is not available; building with Python 3.11 (--python-fallback)"]
+        );
         let strict = PlanOptions {
             python_fallback: false,
             ..opts
         };
-        let err = choose_python(Some(("runtime.txt".into(), "3.10".into())), &strict, &mut w);
-        assert!(matches!(err, Err(BuildpackError::PythonUnavailable { .. })));
+        let err = choose_python(Some(("runtime.txt".into(), "3.10".into())), &strict, &mut w)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "runtime.txt asks for Python 3.10, but the base images have only 3.11, 3.9, 3.12 and \
+             no uv-managed Python can be installed (cannot reach example.org); pass \
+             --python-fallback to build with the nearest version"
+        );
+    }
+
+    #[test]
+    fn managed_python_when_no_base_has_the_version() {
+        let opts = PlanOptions {
+            available_pythons: vec!["3.11".into(), "3.13".into()],
+            python_fallback: true,
+            managed_python: ManagedPython::Available { mirror: None },
+        };
+        let mut w = vec![];
+        let req = |v: &str| Some(("runtime.txt".to_string(), v.to_string()));
+        // A base's version is never managed.
+        let c = choose_python(req("3.13"), &opts, &mut w).unwrap();
+        assert_eq!((c.version.as_str(), c.managed), ("3.13", false));
+        let c = choose_python(req("3.10"), &opts, &mut w).unwrap();
+        assert_eq!(c.version, "3.10");
+        assert!(c.managed && !c.fallback);
+        assert_eq!(c.mirror, None);
+        assert!(w.is_empty());
+        let mirrored = PlanOptions {
+            managed_python: ManagedPython::Available {
+                mirror: Some("http://pbs.example.org/d".into()),
+            },
+            ..opts.clone()
+        };
+        let c = choose_python(req("3.12"), &mirrored, &mut w).unwrap();
+        assert_eq!(c.mirror.as_deref(), Some("http://pbs.example.org/d"));
+        // Python 2 is not uv's: the error says so, the fallback takes the nearest.
+        let c = choose_python(req("2.7"), &opts, &mut w).unwrap();
+        assert_eq!((c.version.as_str(), c.fallback), ("3.11", true));
+        let strict = PlanOptions {
+            python_fallback: false,
+            ..opts.clone()
+        };
+        let e = choose_python(req("2.7"), &strict, &mut w).unwrap_err();
+        assert!(e.to_string().contains("(uv installs only Python 3)"), "{e}");
+        // No request: the default, first in the list.
+        let c = choose_python(None, &opts, &mut w).unwrap();
+        assert_eq!((c.version.as_str(), c.managed), ("3.11", false));
     }
 }

@@ -17,6 +17,12 @@ pub enum CondaMapping {
     /// Not a Python package on PyPI (a compiler, a C library, an R package); the reason says
     /// what to do instead.
     Unavailable(&'static str),
+    /// One of conda's own tools (`mamba`, `conda`, `conda-build`, …): meaningless without
+    /// conda, and on PyPI possibly an unrelated project.
+    CondaTool,
+    /// The name means a different project on PyPI; never installed by accident. The text says
+    /// what it is on conda-forge.
+    Ambiguous(&'static str),
 }
 
 /// Conda packages whose PyPI name differs (conda-forge name, PyPI name).
@@ -45,6 +51,65 @@ const RENAMES: &[(&str, &str)] = &[
     ("typing_extensions", "typing-extensions"),
 ];
 
+/// Conda's own tools: package managers and build tools of the conda ecosystem. No conda is in
+/// a berth image, so they are skipped with a warning; on PyPI some of these names belong to
+/// unrelated projects (`mamba` is a test runner there).
+const CONDA_TOOLS: &[&str] = &[
+    "anaconda",
+    "anaconda-client",
+    "boa",
+    "conda",
+    "conda-build",
+    "conda-forge-pinning",
+    "conda-libmamba-solver",
+    "conda-lock",
+    "conda-pack",
+    "conda-smithy",
+    "conda-verify",
+    "constructor",
+    "libmamba",
+    "libmambapy",
+    "mamba",
+    "micromamba",
+    "miniforge",
+    "nb_conda",
+    "nb_conda_kernels",
+    "rattler-build",
+];
+
+/// Names that mean different projects on conda-forge and PyPI (conda-forge name, what it is
+/// there). Installing the PyPI project of the same name would be an accident, so they are
+/// skipped with a warning that names the PyPI package to list under `pip:` if that is meant.
+const AMBIGUOUS: &[(&str, &str)] = &[
+    (
+        "blast",
+        "NCBI's BLAST+ command-line tools (PyPI's `blast` is unrelated)",
+    ),
+    (
+        "cmake",
+        "the CMake build tool (install it with apt.txt; PyPI's `cmake` is a wheel of it)",
+    ),
+    ("git-lfs", "the git LFS client"),
+    (
+        "graphviz",
+        "the Graphviz C tools (PyPI's `graphviz` is a Python interface)",
+    ),
+    (
+        "jq",
+        "the jq command-line tool (PyPI's `jq` is Python bindings)",
+    ),
+    ("ninja", "the ninja build tool"),
+    ("pip-tools", "a conda packaging of pip-tools"),
+    ("poppler", "the poppler PDF library"),
+    ("pymc3", "PyMC3 with its conda compilers"),
+    ("python-build", "a conda packaging of `build`"),
+    ("sed", "GNU sed"),
+    ("tar", "GNU tar"),
+    ("unzip", "the unzip tool"),
+    ("vim", "the vim editor"),
+    ("zip", "the zip tool"),
+];
+
 /// Conda packages that are not Python packages on PyPI.
 const UNAVAILABLE: &[&str] = &[
     "blas",
@@ -64,7 +129,6 @@ const UNAVAILABLE: &[&str] = &[
     "gfortran",
     "git",
     "go",
-    "graphviz",
     "gxx",
     "hdf5",
     "icu",
@@ -100,6 +164,12 @@ const UNAVAILABLE: &[&str] = &[
 /// Maps a conda package name onto PyPI.
 pub fn conda_to_pypi(name: &str) -> CondaMapping {
     let lower = name.to_ascii_lowercase();
+    if CONDA_TOOLS.contains(&lower.as_str()) {
+        return CondaMapping::CondaTool;
+    }
+    if let Some((_, what)) = AMBIGUOUS.iter().find(|(n, _)| *n == lower) {
+        return CondaMapping::Ambiguous(what);
+    }
     if let Some((_, to)) = RENAMES.iter().find(|(from, _)| *from == lower) {
         return CondaMapping::Renamed(to);
     }
@@ -144,6 +214,17 @@ impl Buildpack for CondaBuildpack {
                     file: path.clone(),
                     message: format!("pip: {file:?} lies outside the repository"),
                 })?;
+                if spec.repo.get(&joined).is_none() {
+                    return Err(BuildpackError::InvalidSpec {
+                        file: path.clone(),
+                        message: format!("pip: -r {file:?} is not in the repository"),
+                    });
+                }
+                // Followed recursively, as for requirements.txt: nested includes are hashed and
+                // checked too.
+                let scan = crate::python::scan_requirements(spec, &joined, 1)?;
+                plan.env_files.extend(scan.files);
+                plan.whole_repo |= scan.local_paths;
                 plan.env_files.push(joined.clone());
                 plan.requirements_files.push(joined);
                 continue;
@@ -294,6 +375,18 @@ fn map_dependency(spec: &str, env: &mut Environment) {
             ));
             return;
         }
+        CondaMapping::CondaTool => {
+            env.warnings.push(format!(
+                "conda dependency {spec:?} is one of conda's own tools, which a berth image has no use for (there is no conda in it); skipped"
+            ));
+            return;
+        }
+        CondaMapping::Ambiguous(what) => {
+            env.warnings.push(format!(
+                "conda dependency {spec:?} is {what}, not the PyPI project of that name; skipped (list it under pip: if the PyPI project is meant)"
+            ));
+            return;
+        }
     };
     env.packages.push(match version {
         Some(v) => format!("{pypi}{v}"),
@@ -325,6 +418,19 @@ mod tests {
         assert_eq!(env.pip, vec!["requests==2.31"]);
         assert_eq!(env.warnings.len(), 2, "{:?}", env.warnings);
         assert!(env.warnings[0].contains("nodejs"));
+    }
+
+    #[test]
+    fn conda_tools_and_ambiguous_names_are_never_installed() {
+        let env = parse_environment(
+            "environment.yml",
+            "dependencies:\n  - mamba\n  - conda-build=3\n  - graphviz\n  - numpy\n",
+        )
+        .unwrap();
+        assert_eq!(env.packages, vec!["numpy"]);
+        assert_eq!(env.warnings.len(), 3, "{:?}", env.warnings);
+        assert!(env.warnings[0].contains("\"mamba\" is one of conda's own tools"));
+        assert!(env.warnings[2].contains("not the PyPI project"));
     }
 
     #[test]

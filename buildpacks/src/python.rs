@@ -30,6 +30,8 @@ impl Buildpack for DockerfileBuildpack {
             apt_packages: vec![],
             packages: vec![],
             requirements_files: vec![],
+            lock: None,
+            server: crate::ServerEnv::Berth,
             local_install: None,
             post_build: None,
             start: None,
@@ -55,7 +57,18 @@ impl Buildpack for RequirementsBuildpack {
         plan.env_files.extend(scan.files);
         plan.env_files.push(path.clone());
         plan.whole_repo |= scan.local_paths;
-        plan.requirements_files.push(path);
+        if scan.hashed {
+            // pip's hash-checking mode: every requirement must be pinned with its hashes, so the
+            // file is a lock and is installed as it is.
+            let missing = crate::locks::missing_kernel_packages(&scan.names);
+            crate::locks::warn_missing(&mut plan, &path, &missing);
+            plan.lock = Some(crate::Lock::HashedRequirements {
+                file: path,
+                missing,
+            });
+        } else {
+            plan.requirements_files.push(path);
+        }
         add_local_install(spec, &mut plan);
         Ok(plan)
     }
@@ -153,6 +166,10 @@ pub(crate) struct RequirementsScan {
     /// Whether any requirement is a local path (`-e .`, `./pkg`, `file:`), which makes the
     /// environment depend on the whole repository.
     pub local_paths: bool,
+    /// Normalized names of the packages the file (and its includes) require.
+    pub names: Vec<String>,
+    /// Whether any requirement carries `--hash` (pip's hash-checking mode).
+    pub hashed: bool,
 }
 
 /// pip options that may stand on a line of their own in a requirements file.
@@ -256,6 +273,10 @@ fn scan_line(
             scan.files.push(joined);
             scan.files.extend(inner.files);
             scan.local_paths |= inner.local_paths;
+            if matches!(opt, Some("-r" | "--requirement")) {
+                scan.names.extend(inner.names);
+                scan.hashed |= inner.hashed;
+            }
             Ok(())
         }
         Some("-e" | "--editable") => {
@@ -265,11 +286,21 @@ fn scan_line(
             }
             Ok(())
         }
+        Some("--require-hashes") => {
+            scan.hashed = true;
+            Ok(())
+        }
         Some(o) if PIP_OPTIONS.contains(&o) => Ok(()),
         Some(o) => Err(format!("unknown pip option {o:?}")),
         None => {
             // Per-requirement options such as --hash follow the requirement.
             let req = line.split(" --").next().unwrap_or(line).trim();
+            if line.contains("--hash") {
+                scan.hashed = true;
+            }
+            if let Some(n) = crate::requirement_name(req) {
+                scan.names.push(n);
+            }
             if is_local_path(req) {
                 scan.local_paths = true;
                 return Ok(());

@@ -4,10 +4,18 @@ use minijinja::{context, Environment};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    BuildPlan, LocalInstall, RepoFiles, BASE_PACKAGES, BUILDPACK_VERSION, UV_VERSION, VENV_DIR,
+    BuildPlan, LocalInstall, Lock, RepoFiles, ServerEnv, BUILDPACK_VERSION, DASHBOARD_DIR,
+    JUPYTER_DATA_DIR, KERNEL_PACKAGES, PACKAGES_RECORD, REPOSITORY_SERVER_PACKAGES, SERVER_DIR,
+    UV_VERSION, VENV_DIR,
 };
 
 const PYTHON_TEMPLATE: &str = include_str!("../templates/python.Dockerfile.j2");
+
+/// The Dockerfile template of berth's Python buildpacks (minijinja), as it is compiled into
+/// berth; its bytes enter the env hash, so a changed template never reuses an old image.
+pub fn template_source() -> &'static str {
+    PYTHON_TEMPLATE
+}
 
 /// The container entrypoint, installed as `/usr/local/bin/berth-entrypoint`: it runs the
 /// command through the repository's `start` script when there is one, as repo2docker's
@@ -31,6 +39,11 @@ pub struct RenderOptions {
     pub repo_dir: String,
     /// Whether the build context carries `berth/ca-certificates.crt`, the site's CA bundle.
     pub ca_cert: bool,
+    /// The user's numeric id (`--user-id`); 1000 by default, as repo2docker.
+    pub user_id: u32,
+    /// The user's login name (`--user-name`); `jovyan` by default, as repo2docker. `$HOME` is
+    /// `/home/<user_name>`.
+    pub user_name: String,
 }
 
 impl Default for RenderOptions {
@@ -39,6 +52,8 @@ impl Default for RenderOptions {
             base_image: "berth-base:bookworm".into(),
             repo_dir: "/home/jovyan".into(),
             ca_cert: false,
+            user_id: 1000,
+            user_name: "jovyan".into(),
         }
     }
 }
@@ -56,27 +71,130 @@ fn sh_quote(word: &str) -> String {
     }
 }
 
-/// The arguments of the one `uv pip install` that resolves the base packages together with the
-/// repository's, so the repository's pins win.
-fn install_args(plan: &BuildPlan) -> String {
-    let mut args: Vec<String> = BASE_PACKAGES.iter().map(|p| p.to_string()).collect();
-    for p in &plan.packages {
-        if p.starts_with('-') {
-            args.extend(p.split_whitespace().map(sh_quote));
-        } else {
-            args.push(sh_quote(p));
+/// The spec file an install reads, named in its error line.
+fn spec_file(plan: &BuildPlan) -> String {
+    if let Some(lock) = &plan.lock {
+        return lock.file().to_string();
+    }
+    if let Some(r) = plan.requirements_files.first() {
+        return r.clone();
+    }
+    const SPECS: &[&str] = &[
+        "environment.yml",
+        "environment.yaml",
+        "Pipfile.lock",
+        "Pipfile",
+        "setup.py",
+        "pyproject.toml",
+    ];
+    plan.env_files
+        .iter()
+        .find(|f| SPECS.iter().any(|s| f.rsplit('/').next() == Some(*s)))
+        .cloned()
+        .unwrap_or_else(|| "the kernel environment".into())
+}
+
+/// The shell command that installs the kernel environment.
+///
+/// It runs in the spec folder, so local paths in spec files are relative to the file that
+/// names them (`-e ..` in `binder/requirements.txt` is the repository's root), as pip does for
+/// a requirements file in the current folder. Unlocked specs are resolved in one
+/// `uv pip install` together with [`KERNEL_PACKAGES`], so the repository's pins win; locks
+/// are installed as they are ([`Lock`]). `tool.py run` turns a failure into one
+/// `berth-error:` line naming the file and the package.
+fn kernel_install(plan: &BuildPlan, python: &str, repo_dir: &str) -> String {
+    let dir = if plan.spec_dir.is_empty() {
+        repo_dir.to_string()
+    } else {
+        format!("{repo_dir}/{}", plan.spec_dir)
+    };
+    let name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    let run = |file: &str, cmd: String| {
+        format!(
+            "cd {} && python{python} /opt/berth/tool.py run {} -- {cmd}",
+            sh_quote(&dir),
+            sh_quote(file)
+        )
+    };
+    let local = |args: &mut Vec<String>| match plan.local_install {
+        Some(LocalInstall::Editable) => args.extend(["-e".to_string(), sh_quote(repo_dir)]),
+        Some(LocalInstall::Package) => args.push(sh_quote(repo_dir)),
+        None => {}
+    };
+    match &plan.lock {
+        Some(Lock::Uv {
+            file,
+            installs_project,
+            ..
+        }) => {
+            let project = if *installs_project {
+                ""
+            } else {
+                " --no-install-project"
+            };
+            run(
+                file,
+                format!("env UV_PROJECT_ENVIRONMENT={VENV_DIR} uv sync --quiet --locked{project}"),
+            )
+        }
+        Some(Lock::Pylock { file, .. }) => run(
+            file,
+            format!("uv pip install --quiet -r {}", sh_quote(&name(file))),
+        ),
+        Some(Lock::HashedRequirements { file, .. }) => {
+            let mut cmd = run(
+                file,
+                format!(
+                    "uv pip install --quiet --require-hashes -r {}",
+                    sh_quote(&name(file))
+                ),
+            );
+            let mut args = Vec::new();
+            local(&mut args);
+            if !args.is_empty() {
+                cmd.push_str(&format!(
+                    " \\\n && uv pip install --quiet --no-deps {}",
+                    args.join(" ")
+                ));
+            }
+            cmd
+        }
+        None => {
+            let mut args: Vec<String> = KERNEL_PACKAGES.iter().map(|p| p.to_string()).collect();
+            if plan.server == ServerEnv::Repository {
+                args.extend(REPOSITORY_SERVER_PACKAGES.iter().map(|p| p.to_string()));
+            }
+            for p in &plan.packages {
+                if p.starts_with('-') {
+                    args.extend(p.split_whitespace().map(sh_quote));
+                } else {
+                    args.push(sh_quote(p));
+                }
+            }
+            for r in &plan.requirements_files {
+                args.push("-r".into());
+                args.push(sh_quote(&format!("{repo_dir}/{r}")));
+            }
+            local(&mut args);
+            run(
+                &spec_file(plan),
+                format!("uv pip install --quiet {}", args.join(" ")),
+            )
         }
     }
-    for r in &plan.requirements_files {
-        args.push("-r".into());
-        args.push(sh_quote(r));
+}
+
+/// What a lock lacks and berth adds after installing it, space-separated (empty without a
+/// lock, or when the lock has everything).
+fn kernel_missing(plan: &BuildPlan) -> String {
+    let Some(lock) = &plan.lock else {
+        return String::new();
+    };
+    let mut add: Vec<String> = lock.missing().to_vec();
+    if plan.server == ServerEnv::Repository {
+        add.extend(REPOSITORY_SERVER_PACKAGES.iter().map(|p| p.to_string()));
     }
-    match plan.local_install {
-        Some(LocalInstall::Editable) => args.extend(["-e".to_string(), ".".to_string()]),
-        Some(LocalInstall::Package) => args.push(".".into()),
-        None => {}
-    }
-    args.join(" ")
+    add.join(" ")
 }
 
 /// Renders the Dockerfile of a plan.
@@ -104,10 +222,20 @@ pub fn render_dockerfile(plan: &BuildPlan, repo: &RepoFiles, opts: &RenderOption
         repo_dir => opts.repo_dir,
         ca_cert => opts.ca_cert,
         venv_dir => VENV_DIR,
+        server_dir => SERVER_DIR,
+        dashboard_dir => DASHBOARD_DIR,
+        jupyter_data_dir => JUPYTER_DATA_DIR,
+        packages_record => PACKAGES_RECORD,
         uv_version => UV_VERSION,
         python => python,
-        base_packages => BASE_PACKAGES.join(" "),
-        install_args => install_args(plan),
+        user_id => opts.user_id,
+        user_name => opts.user_name,
+        berth_server => plan.server == ServerEnv::Berth,
+        server_locked => crate::server_lock(&python).is_some(),
+        kernel_packages => KERNEL_PACKAGES.join(", "),
+        kernel_install => kernel_install(plan, &python, &opts.repo_dir),
+        kernel_missing => kernel_missing(plan),
+        lock_file => plan.lock.as_ref().map(|l| l.file().to_string()).unwrap_or_default(),
     };
     match env.render_str(PYTHON_TEMPLATE, ctx) {
         Ok(text) => text,

@@ -55,6 +55,7 @@ fn fallback_opts() -> PlanOptions {
     PlanOptions {
         available_pythons: vec!["3.11".into()],
         python_fallback: true,
+        ..PlanOptions::default()
     }
 }
 
@@ -211,6 +212,7 @@ fn default_python_is_the_first_available() {
     let opts = PlanOptions {
         available_pythons: vec!["3.12".into(), "3.11".into()],
         python_fallback: false,
+        ..PlanOptions::default()
     };
     let p = plan(&repo(&[("requirements.txt", "numpy\n")]), &opts).unwrap();
     assert_eq!(p.python.unwrap().version, "3.12");
@@ -783,6 +785,7 @@ fn unavailable_python_without_fallback() {
             file: "runtime.txt".into(),
             requested: "3.10".into(),
             available: "3.11".into(),
+            managed: "uv-managed Pythons were not tried".into(),
         }
     );
     assert!(
@@ -996,11 +999,11 @@ fn render(files: &[(&str, &str)], opts: &RenderOptions) -> String {
     render_dockerfile(&p, &r, opts)
 }
 
-/// The line that installs the environment's packages.
+/// The line that installs the kernel environment's packages.
 fn install_line(dockerfile: &str) -> &str {
     dockerfile
         .lines()
-        .find(|l| l.starts_with("RUN uv pip install"))
+        .find(|l| l.starts_with("RUN cd ") && l.contains(" -- uv "))
         .unwrap_or_else(|| panic!("no install line in\n{dockerfile}"))
 }
 
@@ -1034,13 +1037,20 @@ fn render_requirements() {
         &RenderOptions::default(),
     );
     assert!(d.contains("FROM berth-base:bookworm\n"), "{d}");
-    assert!(d.contains("USER jovyan"), "{d}");
+    assert!(d.contains("USER 1000"), "{d}");
     assert!(d.contains("uv pip install"), "{d}");
     assert!(d.contains("for the requirements buildpack"), "{d}");
     assert!(d.contains("python3.11"), "{d}");
     let line = install_line(&d);
-    assert!(line.contains(" -r requirements.txt"), "{line}");
-    assert!(line.contains("jupyterlab"), "{line}");
+    assert!(line.contains(" -r /home/jovyan/requirements.txt"), "{line}");
+    // The kernel gets the cluster's packages and pip, never the server's.
+    assert!(line.contains("ipykernel dask distributed pip "), "{line}");
+    assert!(!line.contains("jupyterlab"), "{line}");
+    // The server environment comes from the lock berth ships, with hashes required.
+    assert!(
+        d.contains("--require-hashes --no-deps -r /opt/berth/server-lock.txt"),
+        "{d}"
+    );
     assert!(!d.contains("ca-certificates.crt"), "{d}");
     assert!(!d.contains("BERTH_START"), "{d}");
     assert!(
@@ -1077,18 +1087,24 @@ fn render_binder_and_local_installs() {
         &[("binder/requirements.txt", REQUIREMENTS)],
         &RenderOptions::default(),
     );
+    // The install runs in the spec folder, so local paths are relative to the spec file.
+    let line = install_line(&d);
+    assert!(line.starts_with("RUN cd /home/jovyan/binder && "), "{line}");
     assert!(
-        install_line(&d).contains(" -r binder/requirements.txt"),
-        "{d}"
+        line.contains(" -r /home/jovyan/binder/requirements.txt"),
+        "{line}"
     );
 
     let d = render(&[("setup.py", SETUP_PY)], &RenderOptions::default());
-    assert!(install_line(&d).ends_with(" -e ."), "{d}");
+    assert!(install_line(&d).ends_with(" -e /home/jovyan"), "{d}");
     assert!(d.contains("The whole repository"), "{d}");
 
     let d = render(&[("pyproject.toml", PYPROJECT)], &RenderOptions::default());
     let line = install_line(&d);
-    assert!(line.ends_with(" .") && !line.contains("-e ."), "{line}");
+    assert!(
+        line.ends_with(" /home/jovyan") && !line.contains("-e "),
+        "{line}"
+    );
 
     let d = render(
         &[("requirements.txt", REQUIREMENTS)],
@@ -1131,6 +1147,7 @@ fn render_dockerfile_buildpack_unchanged() {
         ca_cert: true,
         base_image: "other:1".into(),
         repo_dir: "/x".into(),
+        ..RenderOptions::default()
     };
     assert_eq!(render(&files, &opts), DOCKERFILE);
     let files = [
@@ -1155,7 +1172,9 @@ fn render_quotes_shell_metacharacters() {
     assert!(line.contains(" 'evil; $(id) `whoami` | tee /x'"), "{line}");
     assert!(line.contains(r" 'it'\''s'"), "{line}");
     assert!(line.contains(" -e '$(touch' '/tmp/pwned)'"), "{line}");
-    let bare = unquoted(line);
+    // berth's own `cd DIR && …` is the one `&&`; the repository's words come after `--`.
+    let words = line.split(" -- ").nth(1).unwrap();
+    let bare = unquoted(words);
     for meta in [';', '$', '`', '|', '&', '<', '>', '(', ')', '\'', '"'] {
         assert!(
             !bare.contains(meta),
@@ -1281,4 +1300,175 @@ mod no_panics {
             }
         }
     }
+}
+
+#[test]
+fn locks_beat_the_unlocked_spec_beside_them() {
+    let pylock = "lock-version = \"1.0\"\ncreated-by = \"t\"\n[[packages]]\nname = \"six\"\nversion = \"1.16.0\"\nwheels = [{ name = \"six-1.16.0-py2.py3-none-any.whl\", url = \"https://example.org/six-1.16.0-py2.py3-none-any.whl\", hashes = { sha256 = \"00\" } }]\n";
+    let p = plan(
+        &repo(&[
+            ("pylock.toml", pylock),
+            ("environment.yml", "dependencies: [numpy]\n"),
+        ]),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(p.buildpack, "pylock");
+    assert!(p.packages.is_empty());
+    match &p.lock {
+        Some(berth_buildpacks::Lock::Pylock { file, missing }) => {
+            assert_eq!(file, "pylock.toml");
+            assert_eq!(missing, &["ipykernel", "dask", "distributed", "pip"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("pylock.toml does not lock ipykernel")),
+        "{:?}",
+        p.warnings
+    );
+
+    let uv_lock = "version = 1\n[[package]]\nname = \"demo\"\nversion = \"0.1\"\nsource = { editable = \".\" }\n[[package]]\nname = \"ipykernel\"\nversion = \"7\"\nsource = { registry = \"https://pypi.org/simple\" }\n";
+    let p = plan(
+        &repo(&[
+            ("uv.lock", uv_lock),
+            ("pyproject.toml", PYPROJECT),
+            ("requirements.txt", "numpy\n"),
+        ]),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(p.buildpack, "uv-lock");
+    assert!(p.whole_repo, "the project is installed from the tree");
+    match &p.lock {
+        Some(berth_buildpacks::Lock::Uv {
+            installs_project,
+            missing,
+            ..
+        }) => {
+            assert!(*installs_project);
+            assert_eq!(missing, &["dask", "distributed", "pip"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hashed_requirements_are_a_lock() {
+    let p = plan(
+        &repo(&[(
+            "requirements.txt",
+            "six==1.16.0 \\\n    --hash=sha256:8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\n",
+        )]),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(p.buildpack, "requirements");
+    assert!(p.requirements_files.is_empty());
+    assert!(
+        matches!(&p.lock, Some(berth_buildpacks::Lock::HashedRequirements { file, .. }) if file == "requirements.txt")
+    );
+    let d = render_dockerfile(&p, &repo(&[]), &RenderOptions::default());
+    assert!(
+        d.contains("uv pip install --quiet --require-hashes -r requirements.txt"),
+        "{d}"
+    );
+    assert!(
+        d.contains("-c /tmp/berth-locked.txt ipykernel dask distributed pip"),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_repository_that_asks_for_a_jupyter_server_gets_its_own() {
+    let p = plan(
+        &repo(&[(
+            "environment.yml",
+            "dependencies:\n  - jupyterlab=3\n  - dask-labextension=5\n",
+        )]),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(p.server, berth_buildpacks::ServerEnv::Repository);
+    assert!(
+        p.warnings.iter().any(|w| w
+            .contains("asks for Jupyter server packages itself (dask-labextension, jupyterlab)")),
+        "{:?}",
+        p.warnings
+    );
+    let d = render_dockerfile(&p, &repo(&[]), &RenderOptions::default());
+    assert!(!d.contains("/srv/server/bin/python"), "{d}");
+    assert!(d.contains("'jupyterlab==3.*'"), "{d}");
+    assert!(d.contains("tool.py jupyter /srv/venv"), "{d}");
+
+    let p = plan(
+        &repo(&[("requirements.txt", "requests\n")]),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(p.server, berth_buildpacks::ServerEnv::Berth);
+}
+
+#[test]
+fn runtime_txt_python_3_and_user_options_render() {
+    let opts = RenderOptions {
+        user_id: 1234,
+        user_name: "ana".into(),
+        ..RenderOptions::default()
+    };
+    let d = render(&[("requirements.txt", "requests\n")], &opts);
+    assert!(
+        d.contains("useradd --create-home --shell /bin/bash --uid 1234 --gid 1234 ana"),
+        "{d}"
+    );
+    assert!(
+        d.contains(
+            "PATH=/home/ana/.local/bin:/home/jovyan/.local/bin:/srv/venv/bin:/srv/server/bin:"
+        ),
+        "{d}"
+    );
+}
+
+#[test]
+fn environment_yml_pip_includes_are_followed_recursively() {
+    let env = "dependencies:\n  - pip:\n    - -r requirements/base.txt\n";
+    let p = plan(
+        &repo(&[
+            ("binder/environment.yml", env),
+            ("binder/requirements/base.txt", "-r more.txt\nsix\n"),
+            ("binder/requirements/more.txt", "-e ../..\n"),
+        ]),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        p.env_files
+            .contains(&"binder/requirements/more.txt".to_string()),
+        "{:?}",
+        p.env_files
+    );
+    assert!(p.whole_repo, "a nested local path makes the tree an input");
+    let e = plan(
+        &repo(&[(
+            "environment.yml",
+            "dependencies:\n  - pip:\n    - -r missing.txt\n",
+        )]),
+        &PlanOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("missing.txt"), "{e}");
+    let e = plan(
+        &repo(&[
+            (
+                "environment.yml",
+                "dependencies:\n  - pip:\n    - -r a.txt\n",
+            ),
+            ("a.txt", "-r nope.txt\n"),
+        ]),
+        &PlanOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("nope.txt"), "{e}");
 }

@@ -41,7 +41,18 @@ mod label {
     pub const DEADLINE: &str = "berth.deadline";
     /// `true` when the session may reach the host's services.
     pub const HOST_ACCESS: &str = "berth.host_access";
+    /// The user every container runs as (`uid`, or `uid:gid`).
+    pub const USER: &str = "berth.user";
+    /// The `-e/--env` variables, a JSON array of `[key, value]` pairs.
+    pub const ENV: &str = "berth.env";
+    /// The `-v/--volume` mounts, a JSON array of [`crate::Volume`] objects.
+    pub const VOLUMES: &str = "berth.volumes";
+    /// On an image: the uid of the user berth's template created (set by the builder).
+    pub const IMAGE_USER_ID: &str = "berth.user_id";
 }
+
+/// The user containers run as when the image names none berth may use (root, a name, none).
+const DEFAULT_USER: &str = "1000:1000";
 
 const ROLE_SESSION: &str = "session";
 const ROLE_SCHEDULER: &str = "scheduler";
@@ -86,6 +97,52 @@ struct Workers<'a> {
     limits: &'a Limits,
     repo_dir: &'a str,
     background: bool,
+    /// The user the containers run as.
+    user: &'a str,
+    /// The `-e/--env` variables.
+    env: &'a [(String, String)],
+    /// The `-v/--volume` mounts, as Docker's `Binds` entries.
+    binds: &'a [String],
+}
+
+/// The environment of the scheduler and the workers: the repository on `PYTHONPATH` (before
+/// a `PYTHONPATH` the user gave), then the user's other variables.
+fn cluster_env(repo_dir: &str, env: &[(String, String)]) -> Vec<String> {
+    let mut python_path = repo_dir.to_string();
+    let mut out = Vec::new();
+    for (k, v) in env {
+        if k == "PYTHONPATH" {
+            if !v.is_empty() {
+                python_path = format!("{repo_dir}:{v}");
+            }
+        } else {
+            out.push(format!("{k}={v}"));
+        }
+    }
+    out.insert(0, format!("PYTHONPATH={python_path}"));
+    out
+}
+
+/// The user a session's containers run as, from the image's labels and config: the uid berth's
+/// builder recorded (`berth.user_id`); else the image's own `USER` when it is numeric and not
+/// root (a repository's Dockerfile); else [`DEFAULT_USER`]. Never root.
+fn image_user(labels: &HashMap<String, String>, config_user: Option<&str>) -> String {
+    let uid_ok = |s: &str| s.parse::<u32>().is_ok_and(|n| n > 0);
+    if let Some(uid) = labels.get(label::IMAGE_USER_ID) {
+        if uid_ok(uid) {
+            return uid.clone();
+        }
+    }
+    if let Some(u) = config_user {
+        let ok = match u.split_once(':') {
+            Some((uid, gid)) => uid_ok(uid) && gid.parse::<u32>().is_ok(),
+            None => uid_ok(u),
+        };
+        if ok {
+            return u.to_string();
+        }
+    }
+    DEFAULT_USER.to_string()
 }
 
 /// How a container starts besides its command.
@@ -206,6 +263,8 @@ impl DockerBackend {
         alias: Option<&str>,
         publish: Option<(&str, &str, Option<u16>)>,
         start: StartOpts,
+        user: &str,
+        binds: &[String],
     ) -> Result<(), LaunchError> {
         let port_bindings = publish.map(|(port, ip, host)| {
             HashMap::from([(
@@ -231,6 +290,7 @@ impl DockerBackend {
             init: Some(true),
             network_mode: Some(network.to_string()),
             port_bindings,
+            binds: (!binds.is_empty()).then(|| binds.to_vec()),
             ..Default::default()
         };
         let endpoints = HashMap::from([(
@@ -244,7 +304,7 @@ impl DockerBackend {
             image: Some(image.to_string()),
             cmd: Some(cmd),
             env: Some(env),
-            user: Some("1000:1000".into()),
+            user: Some(user.to_string()),
             labels: Some(labels),
             exposed_ports: publish.map(|(port, _, _)| vec![port.to_string()]),
             host_config: Some(host_config),
@@ -326,6 +386,9 @@ impl DockerBackend {
             limits,
             repo_dir,
             background,
+            user,
+            env,
+            binds,
         } = *w;
         let network = format!("berth-{session}");
         let starts = indices.map(|i| {
@@ -334,7 +397,7 @@ impl DockerBackend {
             labels.insert(label::ROLE.into(), ROLE_WORKER.into());
             labels.insert(label::WORKER.into(), i.to_string());
             let cmd = Self::worker_cmd("tcp://scheduler:8786", &name, limits);
-            let env = vec![format!("PYTHONPATH={repo_dir}")];
+            let env = cluster_env(repo_dir, env);
             let network = network.clone();
             let start = StartOpts {
                 background,
@@ -342,7 +405,8 @@ impl DockerBackend {
             };
             async move {
                 self.run_container(
-                    &name, image, cmd, env, labels, limits, &network, None, None, start,
+                    &name, image, cmd, env, labels, limits, &network, None, None, start, user,
+                    binds,
                 )
                 .await
             }
@@ -474,6 +538,15 @@ impl DockerBackend {
             Some(o) => o.url_path()?,
             None => "lab".to_string(),
         };
+        for (k, v) in &spec.env {
+            crate::check_env(k, v)?;
+        }
+        for v in &spec.volumes {
+            v.check()?;
+        }
+        let binds: Vec<String> = spec.volumes.iter().map(crate::Volume::bind).collect();
+        // The image decides who runs it and where its repository is.
+        let (user, repo_dir) = self.image_runtime(&spec.image, &spec.repo_dir).await?;
         let mut common: HashMap<String, String> = spec.labels.iter().cloned().collect();
         common.insert(label::SESSION.into(), id.into());
         common.insert(label::IMAGE.into(), spec.image.clone());
@@ -489,7 +562,20 @@ impl DockerBackend {
         common.insert(label::BIND_IP.into(), spec.bind_ip.clone());
         common.insert(label::BASE_URL.into(), base_url.clone());
         common.insert(label::OPEN.into(), open.clone());
-        common.insert(label::REPO_DIR.into(), spec.repo_dir.clone());
+        common.insert(label::REPO_DIR.into(), repo_dir.clone());
+        common.insert(label::USER.into(), user.clone());
+        if !spec.env.is_empty() {
+            common.insert(
+                label::ENV.into(),
+                serde_json::to_string(&spec.env).unwrap_or_default(),
+            );
+        }
+        if !spec.volumes.is_empty() {
+            common.insert(
+                label::VOLUMES.into(),
+                serde_json::to_string(&spec.volumes).unwrap_or_default(),
+            );
+        }
         common.insert(
             label::DEADLINE.into(),
             (chrono::Utc::now().timestamp() + spec.ready_timeout.as_secs() as i64 + 30).to_string(),
@@ -533,10 +619,31 @@ impl DockerBackend {
             .await
             .map_err(engine)?;
         let mut env = vec![format!("JUPYTER_TOKEN={token}")];
-        if let Some(d) = &dashboard {
+        if dashboard.is_some() {
             env.push("DASK_SCHEDULER_ADDRESS=tcp://scheduler:8786".into());
-            env.push(format!("DASK_DISTRIBUTED__DASHBOARD__LINK={d}/status"));
+            // The dashboard through Jupyter's own proxy (jupyter-server-proxy, host
+            // `scheduler` allowed by berth's server configuration), so it opens wherever
+            // Jupyter does, behind `berth serve` too, with the session's token; the host port
+            // (`dashboard_url`) stays for direct use.
+            env.push(format!(
+                "DASK_DISTRIBUTED__DASHBOARD__LINK={base_url}proxy/scheduler:8787/status"
+            ));
+            env.push(format!(
+                "BERTH_DASHBOARD_URL={base_url}proxy/scheduler:8787"
+            ));
         }
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let w = Workers {
+            session: id,
+            image: &spec.image,
+            common: &common,
+            limits: &spec.limits,
+            repo_dir: &repo_dir,
+            background: false,
+            user: &user,
+            env: &spec.env,
+            binds: &binds,
+        };
         let name = format!("berth-{id}-session");
         let mut labels = common.clone();
         labels.insert(label::ROLE.into(), ROLE_SESSION.into());
@@ -545,8 +652,7 @@ impl DockerBackend {
             Some(cmd) => {
                 // A command starts working at once: the cluster must be there before it.
                 if let Some(d) = &dashboard {
-                    self.start_cluster(id, spec, &common, &network, d, false, true)
-                        .await?;
+                    self.start_cluster(&w, spec, &network, d, true).await?;
                     self.wait_ready(id, None, Some(d), spec.workers, spec.ready_timeout)
                         .await?;
                 }
@@ -561,6 +667,8 @@ impl DockerBackend {
                     None,
                     None,
                     StartOpts::default(),
+                    &user,
+                    &binds,
                 )
                 .await?;
             }
@@ -590,12 +698,17 @@ impl DockerBackend {
                         background: false,
                         restart: true,
                     },
+                    &user,
+                    &binds,
                 )
                 .await?;
                 tracing::debug!(session = id, "jupyter container started");
                 if let Some(d) = &dashboard {
-                    self.start_cluster(id, spec, &common, &network, d, STARTUP_BACKGROUND, true)
-                        .await?;
+                    let w = Workers {
+                        background: STARTUP_BACKGROUND,
+                        ..w
+                    };
+                    self.start_cluster(&w, spec, &network, d, true).await?;
                 }
             }
         }
@@ -618,32 +731,49 @@ impl DockerBackend {
     }
 
     /// Starts the scheduler, published at `dashboard`'s port, then the workers, concurrently.
-    #[allow(clippy::too_many_arguments)]
     async fn start_cluster(
         &self,
-        id: &str,
+        w: &Workers<'_>,
         spec: &SessionSpec,
-        common: &HashMap<String, String>,
         network: &str,
         dashboard: &str,
-        background: bool,
         with_workers: bool,
     ) -> Result<(), LaunchError> {
         let port = dashboard_port(dashboard)?;
-        let w = Workers {
-            session: id,
-            image: &spec.image,
-            common,
-            limits: &spec.limits,
-            repo_dir: &spec.repo_dir,
-            background,
-        };
-        self.start_scheduler(&w, network, &spec.bind_ip, port)
+        self.start_scheduler(w, network, &spec.bind_ip, port)
             .await?;
         if !with_workers {
             return Ok(());
         }
-        self.add_workers(&w, 1..=spec.workers).await
+        self.add_workers(w, 1..=spec.workers).await
+    }
+
+    /// The user the containers of `image` run as ([`image_user`]) and its `$REPO_DIR` (the
+    /// label `berth.repo_dir`, else `fallback`).
+    ///
+    /// # Errors
+    /// [`LaunchError::ImageMissing`] when the image does not exist.
+    async fn image_runtime(
+        &self,
+        image: &str,
+        fallback: &str,
+    ) -> Result<(String, String), LaunchError> {
+        let info = match self.docker.inspect_image(image).await {
+            Ok(i) => i,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(LaunchError::ImageMissing(image.to_string())),
+            Err(e) => return Err(engine(e)),
+        };
+        let config = info.config.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default();
+        let user = image_user(&labels, config.user.as_deref());
+        let repo_dir = labels
+            .get(label::REPO_DIR)
+            .filter(|d| d.starts_with('/'))
+            .cloned()
+            .unwrap_or_else(|| fallback.to_string());
+        Ok((user, repo_dir))
     }
 
     /// Starts the session's scheduler (network alias `scheduler`), its dashboard published on
@@ -668,11 +798,18 @@ impl DockerBackend {
         ]
         .map(String::from)
         .to_vec();
+        let mut env = cluster_env(w.repo_dir, w.env);
+        // The dashboard's packages (bokeh and what the kernel environment lacks for it) are in
+        // their own folder of berth's images, seen by the scheduler only: the kernel
+        // environment stays exactly the repository's.
+        if let Some(path) = env.iter_mut().find(|e| e.starts_with("PYTHONPATH=")) {
+            path.push_str(":/srv/dashboard");
+        }
         self.run_container(
             &name,
             w.image,
             cmd,
-            vec![format!("PYTHONPATH={}", w.repo_dir)],
+            env,
             labels,
             w.limits,
             network,
@@ -682,6 +819,9 @@ impl DockerBackend {
                 background: w.background,
                 restart: true,
             },
+            w.user,
+            // The scheduler reads no data: the mounts are the notebook's and the workers'.
+            &[],
         )
         .await
     }
@@ -948,6 +1088,20 @@ impl Backend for DockerBackend {
                 .get(label::BIND_IP)
                 .cloned()
                 .unwrap_or_else(|| "127.0.0.1".into());
+            // Sessions started before these labels existed ran as uid 1000, without extras.
+            let user = common
+                .get(label::USER)
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_USER.into());
+            let env: Vec<(String, String)> = common
+                .get(label::ENV)
+                .and_then(|e| serde_json::from_str(e).ok())
+                .unwrap_or_default();
+            let volumes: Vec<crate::Volume> = common
+                .get(label::VOLUMES)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default();
+            let binds: Vec<String> = volumes.iter().map(crate::Volume::bind).collect();
             let port = dashboard_port(&dashboard)?;
             let w = Workers {
                 session: id,
@@ -956,6 +1110,9 @@ impl Backend for DockerBackend {
                 limits: &limits,
                 repo_dir: &repo_dir,
                 background: false,
+                user: &user,
+                env: &env,
+                binds: &binds,
             };
             let remove = |name: String| async move {
                 let opts = RemoveContainerOptionsBuilder::new().force(true).build();
@@ -1120,5 +1277,39 @@ impl Backend for DockerBackend {
                 .ok()
                 .and_then(|st| st.last_activity),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_a_session_runs_as() {
+        let with = |uid: &str| HashMap::from([(label::IMAGE_USER_ID.to_string(), uid.to_string())]);
+        let none = HashMap::new();
+        assert_eq!(image_user(&with("1234"), Some("ana")), "1234");
+        assert_eq!(image_user(&with("0"), None), DEFAULT_USER);
+        assert_eq!(image_user(&with("x"), Some("1001")), "1001");
+        assert_eq!(image_user(&none, Some("1001:100")), "1001:100");
+        assert_eq!(image_user(&none, Some("root")), DEFAULT_USER);
+        assert_eq!(image_user(&none, Some("0")), DEFAULT_USER);
+        assert_eq!(image_user(&none, Some("0:0")), DEFAULT_USER);
+        assert_eq!(image_user(&none, Some("jovyan")), DEFAULT_USER);
+        assert_eq!(image_user(&none, Some("")), DEFAULT_USER);
+        assert_eq!(image_user(&none, None), DEFAULT_USER);
+    }
+
+    #[test]
+    fn the_cluster_sees_the_repository_and_the_users_variables() {
+        assert_eq!(cluster_env("/srv/r", &[]), vec!["PYTHONPATH=/srv/r"]);
+        let env = vec![
+            ("A".to_string(), "1".to_string()),
+            ("PYTHONPATH".to_string(), "/opt/lib".to_string()),
+        ];
+        assert_eq!(
+            cluster_env("/srv/r", &env),
+            vec!["PYTHONPATH=/srv/r:/opt/lib", "A=1"]
+        );
     }
 }

@@ -67,6 +67,208 @@ pub enum LaunchError {
     /// The rule that keeps sessions from the host's services could not be installed.
     #[error("cannot keep the session from the host's services: {0} (or launch with --allow-host-access)")]
     Isolation(String),
+    /// An environment variable (`-e/--env KEY=VALUE`) that cannot be set.
+    #[error("invalid --env {}: {reason}", quote(.spec))]
+    InvalidEnv {
+        /// The variable as given (quoted at most [`QUOTE_CHARS`] characters long).
+        spec: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// A bind mount (`-v/--volume SRC:DEST[:ro]`) that cannot be made.
+    #[error("invalid --volume {}: {reason}", quote(.spec))]
+    InvalidVolume {
+        /// The mount as given (quoted at most [`QUOTE_CHARS`] characters long).
+        spec: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+/// How many characters of user input an error message quotes before `…`.
+pub const QUOTE_CHARS: usize = 60;
+
+/// `s` in double quotes, at most [`QUOTE_CHARS`] characters of it, then `…`.
+fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_CHARS) {
+        Some((i, _)) => format!("{:?}…", &s[..i]),
+        None => format!("{s:?}"),
+    }
+}
+
+/// Environment variables berth sets itself in a session's containers, which `-e/--env` may
+/// not set: Jupyter's token, and where `distributed.Client()` finds the session's cluster and
+/// its dashboard.
+pub const RESERVED_ENV: &[&str] = &[
+    "JUPYTER_TOKEN",
+    "DASK_SCHEDULER_ADDRESS",
+    "DASK_DISTRIBUTED__DASHBOARD__LINK",
+];
+
+/// Checks one environment variable of a session: the name is a POSIX name (letters, digits
+/// and `_`, not starting with a digit, at most 256 bytes), not one of [`RESERVED_ENV`], and the
+/// value holds no NUL byte.
+///
+/// # Errors
+/// [`LaunchError::InvalidEnv`] naming the reason.
+pub fn check_env(key: &str, value: &str) -> Result<(), LaunchError> {
+    let bad = |reason: String| LaunchError::InvalidEnv {
+        spec: format!("{key}={value}"),
+        reason,
+    };
+    let name_ok = !key.is_empty()
+        && key.len() <= 256
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !key.starts_with(|c: char| c.is_ascii_digit());
+    if !name_ok {
+        return Err(bad(
+            "the name must be letters, digits and '_', not starting with a digit".into(),
+        ));
+    }
+    if RESERVED_ENV.contains(&key) {
+        return Err(bad(format!("berth sets {key} itself")));
+    }
+    if value.contains('\0') {
+        return Err(bad("the value holds a NUL byte".into()));
+    }
+    Ok(())
+}
+
+/// Parses one `-e/--env` argument as `docker run -e` and repo2docker do: `KEY=VALUE` sets
+/// KEY (an empty VALUE too); a bare `KEY` passes on the value `host` gives for it, and is left
+/// out (`Ok(None)`) when `host` has none. The result is checked with [`check_env`].
+///
+/// # Errors
+/// [`LaunchError::InvalidEnv`].
+pub fn parse_env(
+    spec: &str,
+    host: impl Fn(&str) -> Option<String>,
+) -> Result<Option<(String, String)>, LaunchError> {
+    let (key, value) = match spec.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => match host(spec) {
+            Some(v) => (spec.to_string(), v),
+            None => {
+                // Checked all the same, so a malformed name is an error either way.
+                check_env(spec, "")?;
+                return Ok(None);
+            }
+        },
+    };
+    check_env(&key, &value).map_err(|e| match e {
+        LaunchError::InvalidEnv { reason, .. } => LaunchError::InvalidEnv {
+            spec: spec.to_string(),
+            reason,
+        },
+        other => other,
+    })?;
+    Ok(Some((key, value)))
+}
+
+/// A host folder or file bind-mounted into a session's Jupyter (or `berth run` command)
+/// container and its Dask workers, as `docker run -v SRC:DEST`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// The host path: absolute, without `..`.
+    pub source: String,
+    /// The path in the containers: absolute, without `..`, not `/`.
+    pub target: String,
+    /// Mounted read-only (`:ro`); read-write by default, as repo2docker.
+    pub read_only: bool,
+}
+
+impl Volume {
+    /// Parses `SRC:DEST`, `SRC:DEST:ro` or `SRC:DEST:rw`. A relative SRC is taken from `cwd`
+    /// and must exist (it is resolved to its real path, symlinks followed); DEST must be
+    /// absolute.
+    ///
+    /// # Errors
+    /// [`LaunchError::InvalidVolume`] for a missing part, a SRC that does not exist, a
+    /// relative DEST, `..`, `:` or control characters in a path, or another mode than `ro`/`rw`.
+    pub fn parse(spec: &str, cwd: &std::path::Path) -> Result<Self, LaunchError> {
+        let bad = |reason: &str| LaunchError::InvalidVolume {
+            spec: spec.to_string(),
+            reason: reason.to_string(),
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (src, dest, read_only) = match parts.as_slice() {
+            [s, d] => (*s, *d, false),
+            [s, d, "ro"] => (*s, *d, true),
+            [s, d, "rw"] => (*s, *d, false),
+            [_, _, _] => return Err(bad("the mode after the second ':' must be ro or rw")),
+            _ => {
+                return Err(bad(
+                    "expected SRC:DEST or SRC:DEST:ro (no ':' in the paths)",
+                ))
+            }
+        };
+        if src.is_empty() || dest.is_empty() {
+            return Err(bad("expected SRC:DEST or SRC:DEST:ro"));
+        }
+        if spec.chars().any(|c| c.is_control()) {
+            return Err(bad("the paths hold control characters"));
+        }
+        let path = cwd.join(src);
+        let real = path
+            .canonicalize()
+            .map_err(|_| bad("the host path does not exist"))?;
+        let source = real
+            .to_str()
+            .ok_or_else(|| bad("the host path is not UTF-8"))?
+            .to_string();
+        if !dest.starts_with('/') {
+            return Err(bad("the path in the container must be absolute"));
+        }
+        if dest.split('/').any(|p| p == "..") {
+            return Err(bad("the path in the container may not contain '..'"));
+        }
+        let target = format!("/{}", dest.trim_matches('/'));
+        if target == "/" {
+            return Err(bad("the path in the container may not be /"));
+        }
+        Ok(Self {
+            source,
+            target,
+            read_only,
+        })
+    }
+
+    /// The mount as Docker's `Binds` entry: `SRC:DEST` or `SRC:DEST:ro`.
+    pub fn bind(&self) -> String {
+        if self.read_only {
+            format!("{}:{}:ro", self.source, self.target)
+        } else {
+            format!("{}:{}", self.source, self.target)
+        }
+    }
+
+    /// Checks a mount built without [`Volume::parse`] (the engine creates a missing SRC as
+    /// root, so callers check existence themselves): both paths absolute, without `..`, `:`
+    /// or control characters, DEST not `/`.
+    ///
+    /// # Errors
+    /// [`LaunchError::InvalidVolume`].
+    pub fn check(&self) -> Result<(), LaunchError> {
+        let bad = |reason: &str| LaunchError::InvalidVolume {
+            spec: self.bind(),
+            reason: reason.to_string(),
+        };
+        for p in [&self.source, &self.target] {
+            if !p.starts_with('/')
+                || p.contains(':')
+                || p.chars().any(|c| c.is_control())
+                || p.split('/').any(|c| c == "..")
+            {
+                return Err(bad(
+                    "both paths must be absolute, without '..', ':' or control characters",
+                ));
+            }
+        }
+        if self.target.trim_matches('/').is_empty() {
+            return Err(bad("the path in the container may not be /"));
+        }
+        Ok(())
+    }
 }
 
 /// Resource limits of every container of a session.
@@ -160,8 +362,17 @@ pub struct SessionSpec {
     /// Extra labels for every container and the network (repository, ref, commit).
     pub labels: Vec<(String, String)>,
     /// Where the repository lives in the image (`$REPO_DIR`); put on the workers' and the
-    /// scheduler's `PYTHONPATH`, so tasks can import the repository's own modules.
+    /// scheduler's `PYTHONPATH`, so tasks can import the repository's own modules. An image
+    /// that records it (the label `berth.repo_dir`, set by berth's builder) overrides it.
     pub repo_dir: String,
+    /// Environment variables (`-e/--env`) of the Jupyter (or command) container, the scheduler
+    /// and the workers, so tasks see the same environment as the notebook. Each is checked
+    /// with [`check_env`]; a `PYTHONPATH` given here follows `repo_dir` on the cluster's.
+    pub env: Vec<(String, String)>,
+    /// Bind mounts (`-v/--volume`) of the Jupyter (or command) container and the workers, so
+    /// Dask tasks read the same files as the notebook. Recorded in labels: workers that
+    /// `scale` adds get them too.
+    pub volumes: Vec<Volume>,
     /// How long to wait for readiness.
     pub ready_timeout: Duration,
     /// Whether the session's containers may reach services of the host through the bridge
@@ -188,6 +399,8 @@ impl SessionSpec {
             command: None,
             labels: Vec::new(),
             repo_dir: "/home/jovyan".into(),
+            env: Vec::new(),
+            volumes: Vec::new(),
             ready_timeout: Duration::from_secs(180),
             host_access: false,
         }
@@ -386,6 +599,79 @@ mod tests {
         ] {
             assert!(OpenPath::UrlPath(bad.into()).url_path().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn env_arguments() {
+        let host = |k: &str| (k == "HOME_SET").then(|| "/h".to_string());
+        assert_eq!(
+            parse_env("A=1", host).unwrap(),
+            Some(("A".into(), "1".into()))
+        );
+        assert_eq!(
+            parse_env("A=x=y", host).unwrap(),
+            Some(("A".into(), "x=y".into()))
+        );
+        assert_eq!(
+            parse_env("E=", host).unwrap(),
+            Some(("E".into(), "".into()))
+        );
+        assert_eq!(
+            parse_env("HOME_SET", host).unwrap(),
+            Some(("HOME_SET".into(), "/h".into()))
+        );
+        assert_eq!(parse_env("UNSET", host).unwrap(), None);
+        for bad in [
+            "JUPYTER_TOKEN=x",
+            "DASK_SCHEDULER_ADDRESS=tcp://x:1",
+            "1A=2",
+            "=v",
+            "A B=1",
+            "A-B",
+        ] {
+            let e = parse_env(bad, host).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --env "), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        assert!(parse_env("JUPYTER_TOKEN=x", host)
+            .unwrap_err()
+            .to_string()
+            .contains("berth sets JUPYTER_TOKEN itself"));
+    }
+
+    #[test]
+    fn volume_arguments() {
+        let dir = std::env::temp_dir();
+        let real = dir.canonicalize().unwrap();
+        let real = real.to_str().unwrap();
+        let v = Volume::parse(".:/mnt/x", &dir).unwrap();
+        assert_eq!(v.source, real);
+        assert_eq!(v.target, "/mnt/x");
+        assert!(!v.read_only);
+        assert_eq!(v.bind(), format!("{real}:/mnt/x"));
+        let v = Volume::parse(&format!("{real}:/mnt/x/:ro"), &dir).unwrap();
+        assert!(v.read_only);
+        assert_eq!(v.bind(), format!("{real}:/mnt/x:ro"));
+        assert!(v.check().is_ok());
+        for bad in [
+            ".:relative",
+            ".:/",
+            ".:/a/../b",
+            "/does/not/exist/berth:/mnt",
+            ".:/mnt:rx",
+            ".",
+            ":/mnt",
+            ".:/a:b:ro",
+        ] {
+            let e = Volume::parse(bad, &dir).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --volume "), "{bad}: {e}");
+        }
+        let odd = Volume {
+            source: "rel".into(),
+            target: "/x".into(),
+            read_only: false,
+        };
+        assert!(odd.check().is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_builder::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Phase};
+use berth_builder::{BuildError, BuildEvent, BuildOutcome, BuildRequest, BuildpackError, Phase};
 use tokio::sync::watch;
 
 use crate::events::Event;
@@ -191,7 +191,7 @@ impl BuildHub {
                     env_hash: out.env_hash,
                     cached_env: out.cached_env,
                 },
-                Err(e) => Event::failed(500, e),
+                Err(e) => Event::failed(500, failure_message(&e)),
             });
         });
         *build.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
@@ -247,6 +247,39 @@ impl BuildHub {
     }
 }
 
+/// What a failed build says to the person in the browser: the builder's one-line message,
+/// except where that names a command-line flag. A Python this server cannot give reads as what
+/// the repository asked for, what this server can give, and that its operator can allow the
+/// nearest version (the `python_fallback` setting), since a browser has no `--python-fallback`.
+pub fn failure_message(e: &BuildError) -> String {
+    match e {
+        BuildError::Spec(BuildpackError::PythonUnavailable {
+            file,
+            requested,
+            available,
+            managed,
+        }) => {
+            let versions: Vec<&str> = available
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            let can = match versions.as_slice() {
+                [] => "no Python version".to_string(),
+                [one] => format!("only Python {one}"),
+                [rest @ .., last] => format!("only Python {} or {last}", rest.join(", ")),
+            };
+            format!(
+                "This repository asks for Python {requested} (in {file}), but this server can build \
+                 {can}, and it cannot download Python {requested} ({managed}). The operator of \
+                 this server can allow building with the nearest version (python_fallback: true \
+                 in its configuration), or the repository can ask for a version this server has."
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
 /// A builder event as a BinderHub event.
 fn event_of(ev: BuildEvent) -> Option<Event> {
     Some(match ev {
@@ -268,4 +301,34 @@ fn event_of(ev: BuildEvent) -> Option<Event> {
         },
         BuildEvent::Fetch(_) => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_python_speaks_to_the_browser() {
+        let e = BuildError::Spec(BuildpackError::PythonUnavailable {
+            file: "runtime.txt".into(),
+            requested: "3.10".into(),
+            available: "3.11, 3.13".into(),
+            managed: "cannot resolve github.com".into(),
+        });
+        let m = failure_message(&e);
+        assert_eq!(
+            m,
+            "This repository asks for Python 3.10 (in runtime.txt), but this server can build \
+             only Python 3.11 or 3.13, and it cannot download Python 3.10 (cannot resolve \
+             github.com). The operator of this server can allow building with the nearest \
+             version (python_fallback: true in its configuration), or the repository can ask \
+             for a version this server has."
+        );
+        assert!(!m.contains("--python-fallback"));
+        // The command line keeps its own message.
+        assert!(e.to_string().contains("pass --python-fallback"));
+        // Other failures read as the builder says them.
+        let other = BuildError::BuildFailed("step 3 failed".into());
+        assert_eq!(failure_message(&other), "build failed: step 3 failed");
+    }
 }

@@ -37,8 +37,12 @@ pub struct Config {
     pub max_idle_seconds: u64,
     /// The CA bundle handed to builds (as `--ca-cert`); `BERTH_CA_CERT` also works.
     pub ca_cert: Option<PathBuf>,
-    /// Build with the nearest Python when the requested one is missing.
+    /// Build with the nearest Python when no base image has the requested one and uv cannot
+    /// install it; off by default, when such a build fails with a message saying so.
     pub python_fallback: bool,
+    /// Where uv downloads a Python that no base image has: `uv` (its own source, the default),
+    /// a mirror's `http://` or `https://` URL, or `none` (as `--python-mirror`).
+    pub python_mirror: berth_builder::PythonDownloads,
     /// Memory limit per session container, in bytes (`null` for none); by default the
     /// launcher's 2 GiB, as mybinder.org's 1–2 GB.
     pub memory_bytes: Option<u64>,
@@ -85,6 +89,7 @@ impl Default for Config {
             max_idle_seconds: 3600,
             ca_cert: std::env::var_os("BERTH_CA_CERT").map(PathBuf::from),
             python_fallback: false,
+            python_mirror: berth_builder::PythonDownloads::default(),
             memory_bytes: Some(berth_launcher::DEFAULT_MEMORY_BYTES),
             allow_host_access: false,
             millicpus: None,

@@ -150,6 +150,7 @@ impl AppState {
         req.reference = Some(repo.reference.clone());
         req.ca_cert = cfg.ca_cert.clone();
         req.python_fallback = cfg.python_fallback;
+        req.python_downloads = cfg.python_mirror.clone();
         req.timeout = Duration::from_secs(cfg.build_timeout_seconds);
         req.limits = BuildLimits {
             memory_bytes: cfg.build_memory_bytes,
