@@ -453,21 +453,39 @@ fn locks_are_installed_exactly_and_bad_locks_fail_with_one_line() {
 
     // A hash that does not match: one line naming the lock and the package, no image.
     let text = std::fs::read_to_string(pl.path().join("pylock.toml")).unwrap();
+    // Every hash of six (its wheel's and its sdist's) wrong, so no file of it can match.
     let six_at = text.find("name = \"six\"").unwrap();
-    let hash_at = six_at + text[six_at..].find("sha256 = \"").unwrap() + "sha256 = \"".len();
-    let mut bad = text.clone();
-    bad.replace_range(hash_at..hash_at + 64, &"0".repeat(64));
+    let six_end = text[six_at..]
+        .find("[[packages]]")
+        .map(|i| six_at + i)
+        .unwrap_or(text.len());
+    let mut bad = text[..six_at].to_string();
+    let mut block = &text[six_at..six_end];
+    while let Some(i) = block.find("sha256 = \"") {
+        let start = i + "sha256 = \"".len();
+        bad.push_str(&block[..start]);
+        bad.push_str(&"0".repeat(64));
+        block = &block[start + 64..];
+    }
+    bad.push_str(block);
+    bad.push_str(&text[six_end..]);
+    assert_ne!(bad, text);
     std::fs::write(pl.path().join("pylock.toml"), bad).unwrap();
     commit_all(pl.path(), "bad hash");
     let tree = git(pl.path(), &["rev-parse", "HEAD^{tree}"]);
-    let images_before = all_images().len();
-    let line = error_line(&build_fails(pl.path()));
+    // The build lock is held throughout, so no other build of this run adds images meanwhile.
+    let guard = build_lock();
+    let images_before = all_images();
+    let out = run_berth(&["build", pl.path().to_str().unwrap()]);
+    assert!(!out.status.success(), "the build passed");
+    let line = error_line(&String::from_utf8_lossy(&out.stderr));
     assert!(
         line.contains("pylock.toml") && line.contains("six"),
         "{line}"
     );
     assert!(line.to_lowercase().contains("hash"), "{line}");
-    assert_eq!(all_images().len(), images_before, "an image was left");
+    assert_eq!(all_images(), images_before, "an image was left");
+    drop(guard);
     assert!(
         !docker(&["images", "-q", &format!("berth/*:{}", &tree.trim()[..12])])
             .contains(char::is_alphanumeric)
@@ -601,4 +619,55 @@ fn the_conda_fixture_is_inspected_and_locked_into_an_identical_kernel() {
     let locked: Built = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(locked.buildpack, "pylock");
     assert_eq!(package_list(&inspect_json(&locked.image), "kernel"), kernel);
+}
+
+#[test]
+fn a_repository_that_pins_jupyterlab_3_gets_it_as_its_server() {
+    // As tutorial repositories do: an old JupyterLab with the Dask extension of its time.
+    let repo = repo_with(&[(
+        "environment.yml",
+        "channels: [conda-forge]\ndependencies:\n  - python=3.11\n  - jupyterlab=3\n  - dask-labextension=6\n",
+    )]);
+    let _g = build_lock();
+    let out = run_berth(&["build", repo.path().to_str().unwrap(), "--json"]);
+    drop(_g);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("asks for Jupyter server packages itself (dask-labextension, jupyterlab)"),
+        "{stderr}"
+    );
+    let built: Built = serde_json::from_slice(&out.stdout).unwrap();
+    let probe = in_image(
+        &built.image,
+        "jupyter lab --version; command -v jupyter-lab; test -d /srv/server && echo 'berth server' || echo 'no berth server'",
+    );
+    assert!(probe.starts_with("3."), "{probe}");
+    assert!(
+        probe.contains("/srv/venv/bin/jupyter-lab") && probe.contains("no berth server"),
+        "{probe}"
+    );
+    let doc = inspect_json(&built.image);
+    assert!(doc["packages"]["server"].is_null(), "{doc}");
+    let kernel = package_list(&doc, "kernel");
+    assert!(version_of(&kernel, "jupyterlab").unwrap().starts_with("3."));
+    assert!(version_of(&kernel, "dask-labextension")
+        .unwrap()
+        .starts_with("6."));
+
+    // The session runs that JupyterLab, and its dashboard opens through it.
+    let s = launch(repo.path(), &["--workers", "1"]);
+    let _stop = StopOnDrop(s.session.clone());
+    let base = s.url.split("lab?").next().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::get(format!(
+            "{base}proxy/scheduler:8787/individual-plots.json?token={}",
+            s.token
+        ))
+        .await
+        .unwrap()
+        .status()
+    });
+    assert_eq!(status, 200);
 }
