@@ -80,12 +80,7 @@ async fn a_session_survives_an_engine_restart_and_answers_through_the_proxy() {
     assert_eq!(ready["phase"], "ready", "{ev:?}");
     let url = ready["url"].as_str().unwrap().to_string();
     let token = ready["token"].as_str().unwrap().to_string();
-    let session = url
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let session = session_of_url(&url);
     let _stop = StopOnDrop(session.clone());
     let before = ls_session(&session);
 

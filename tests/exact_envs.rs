@@ -319,12 +319,7 @@ fn the_dashboard_answers_through_berth_serve_with_the_token() {
         .unwrap_or_else(|| panic!("no ready event: {events:?}"));
     let url = ready["url"].as_str().unwrap();
     let token = ready["token"].as_str().unwrap();
-    let session = url
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let session = session_of_url(url);
     let _stop = StopOnDrop(session);
     let plots = rt.block_on(async {
         client
@@ -382,6 +377,15 @@ fn commit_all(dir: &Path, message: &str) {
     git(dir, &["commit", "-q", "-m", message]);
 }
 
+/// `berth build SOURCE --json`, which must succeed: its outcome and its stderr (warnings).
+fn build_with_log(source: &Path) -> (Built, String) {
+    let _g = build_lock();
+    let out = run_berth(&["build", source.to_str().unwrap(), "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}
+
 fn build_fails(source: &Path) -> String {
     let _g = build_lock();
     let out = run_berth(&["build", source.to_str().unwrap()]);
@@ -408,16 +412,11 @@ fn locks_are_installed_exactly_and_bad_locks_fail_with_one_line() {
     )]);
     uv_in(&tool, uv.path(), "uv lock --quiet");
     commit_all(uv.path(), "lock");
-    let _g = build_lock();
-    let out = run_berth(&["build", uv.path().to_str().unwrap(), "--json"]);
-    drop(_g);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (built, stderr) = build_with_log(uv.path());
     assert!(
         stderr.contains("uv.lock does not lock ipykernel, dask, distributed, pip"),
         "{stderr}"
     );
-    let built: Built = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(built.buildpack, "uv-lock");
     let kernel = package_list(&inspect_json(&built.image), "kernel");
     assert_eq!(version_of(&kernel, "six").as_deref(), Some("1.16.0"));
@@ -557,16 +556,11 @@ fn hashed_requirements_are_installed_with_hashes_required() {
 
     std::fs::write(r.path().join("requirements.txt"), &text).unwrap();
     commit_all(r.path(), "hashes");
-    let _g = build_lock();
-    let out = run_berth(&["build", r.path().to_str().unwrap(), "--json"]);
-    drop(_g);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (built, stderr) = build_with_log(r.path());
     assert!(
         stderr.contains("requirements.txt does not lock ipykernel"),
         "{stderr}"
     );
-    let built: Built = serde_json::from_slice(&out.stdout).unwrap();
     let kernel = package_list(&inspect_json(&built.image), "kernel");
     assert_eq!(version_of(&kernel, "six").as_deref(), Some("1.16.0"));
 }
@@ -607,16 +601,11 @@ fn the_conda_fixture_is_inspected_and_locked_into_an_identical_kernel() {
         String::from_utf8_lossy(&out.stderr)
     );
     commit_all(&work, "lock the environment");
-    let _g = build_lock();
-    let out = run_berth(&["build", work.to_str().unwrap(), "--json"]);
-    drop(_g);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (locked, stderr) = build_with_log(&work);
     assert!(
         !stderr.contains("does not lock"),
         "the lock has everything: {stderr}"
     );
-    let locked: Built = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(locked.buildpack, "pylock");
     assert_eq!(package_list(&inspect_json(&locked.image), "kernel"), kernel);
 }
@@ -628,16 +617,11 @@ fn a_repository_that_pins_jupyterlab_3_gets_it_as_its_server() {
         "environment.yml",
         "channels: [conda-forge]\ndependencies:\n  - python=3.11\n  - jupyterlab=3\n  - dask-labextension=6\n",
     )]);
-    let _g = build_lock();
-    let out = run_berth(&["build", repo.path().to_str().unwrap(), "--json"]);
-    drop(_g);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (built, stderr) = build_with_log(repo.path());
     assert!(
         stderr.contains("asks for Jupyter server packages itself (dask-labextension, jupyterlab)"),
         "{stderr}"
     );
-    let built: Built = serde_json::from_slice(&out.stdout).unwrap();
     let probe = in_image(
         &built.image,
         "jupyter lab --version; command -v jupyter-lab; test -d /srv/server && echo 'berth server' || echo 'no berth server'",

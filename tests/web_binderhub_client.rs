@@ -77,12 +77,7 @@ fn binderhub_client_builds_and_launches() {
     let last = &r["last"];
     assert_eq!(last["phase"], "ready", "{r}");
     let url = last["url"].as_str().unwrap();
-    let session = url
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let session = session_of_url(url);
     let _stop = StopOnDrop(session);
     let phases: Vec<&str> = r["phases"]
         .as_array()

@@ -108,18 +108,16 @@ pub async fn read_image_file(
 ) -> Result<Option<Vec<u8>>, BuildError> {
     let docker = engine.docker();
     let eng = |e: bollard::errors::Error| BuildError::Engine(e.to_string());
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::new().build()),
-            ContainerCreateBody {
-                image: Some(image.to_string()),
-                entrypoint: Some(vec!["/nonexistent".into()]),
-                network_disabled: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(eng)?;
+    let created = create(
+        engine,
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec!["/nonexistent".into()]),
+            network_disabled: Some(true),
+            ..Default::default()
+        },
+    )
+    .await?;
     let opts = DownloadFromContainerOptionsBuilder::new()
         .path(path)
         .build();
@@ -161,6 +159,22 @@ pub async fn read_image_file(
         }
     }
     Ok(None)
+}
+
+/// Creates (never starts) a container labelled `berth.role=tool`, so `docker ps -a` tells
+/// what it is should a crash leave it.
+async fn create(
+    engine: &Engine,
+    mut body: ContainerCreateBody,
+) -> Result<bollard::models::ContainerCreateResponse, BuildError> {
+    body.labels
+        .get_or_insert_with(Default::default)
+        .insert("berth.role".to_string(), "tool".to_string());
+    engine
+        .docker()
+        .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
+        .await
+        .map_err(|e| BuildError::Engine(e.to_string()))
 }
 
 async fn remove(engine: &Engine, id: &str) -> Result<(), BuildError> {
@@ -258,23 +272,17 @@ pub async fn run_in_image(
     use bollard::query_parameters::{LogsOptionsBuilder, WaitContainerOptionsBuilder};
     let docker = engine.docker();
     let eng = |e: bollard::errors::Error| BuildError::Engine(e.to_string());
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::new().build()),
-            ContainerCreateBody {
-                image: Some(image.to_string()),
-                entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-                cmd: Some(vec![script.to_string()]),
-                env: Some(env),
-                labels: Some(std::collections::HashMap::from([(
-                    "berth.role".to_string(),
-                    "tool".to_string(),
-                )])),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(eng)?;
+    let created = create(
+        engine,
+        ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec![script.to_string()]),
+            env: Some(env),
+            ..Default::default()
+        },
+    )
+    .await?;
     let id = created.id;
     let result = async {
         docker

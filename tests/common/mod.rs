@@ -237,6 +237,15 @@ pub fn ls_session(session: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("session {session} is not listed"))
 }
 
+/// The session id at the end of a session's URL (`…/user/<session>/`).
+pub fn session_of_url(url: &str) -> String {
+    url.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Stops a session when dropped, so a failing test leaves nothing running.
 pub struct StopOnDrop(pub String);
 
