@@ -124,13 +124,15 @@ fn cluster_env(repo_dir: &str, env: &[(String, String)]) -> Vec<String> {
 }
 
 /// The user a session's containers run as, from the image's labels and config: the uid berth's
-/// builder recorded (`berth.user_id`); else the image's own `USER` when it is numeric and not
+/// builder recorded (`berth.user_id`), as `uid:uid` (berth's images give the user a group of
+/// the same id); else the image's own `USER` when it is numeric and not
 /// root (a repository's Dockerfile); else [`DEFAULT_USER`]. Never root.
 fn image_user(labels: &HashMap<String, String>, config_user: Option<&str>) -> String {
     let uid_ok = |s: &str| s.parse::<u32>().is_ok_and(|n| n > 0);
     if let Some(uid) = labels.get(label::IMAGE_USER_ID) {
         if uid_ok(uid) {
-            return uid.clone();
+            // berth's images make the user's group with the same id.
+            return format!("{uid}:{uid}");
         }
     }
     if let Some(u) = config_user {
@@ -1288,7 +1290,7 @@ mod tests {
     fn the_user_a_session_runs_as() {
         let with = |uid: &str| HashMap::from([(label::IMAGE_USER_ID.to_string(), uid.to_string())]);
         let none = HashMap::new();
-        assert_eq!(image_user(&with("1234"), Some("ana")), "1234");
+        assert_eq!(image_user(&with("1234"), Some("ana")), "1234:1234");
         assert_eq!(image_user(&with("0"), None), DEFAULT_USER);
         assert_eq!(image_user(&with("x"), Some("1001")), "1001");
         assert_eq!(image_user(&none, Some("1001:100")), "1001:100");
