@@ -90,8 +90,26 @@ struct StepState {
     cached: bool,
 }
 
+/// `line` without the colour codes (SGR sequences, `ESC[…m`) at its start.
+fn strip_sgr(mut line: &str) -> &str {
+    while let Some(rest) = line.strip_prefix("\x1b[") {
+        match rest.find('m') {
+            Some(i) if rest[..i].bytes().all(|b| b.is_ascii_digit() || b == b';') => {
+                line = &rest[i + 1..];
+            }
+            _ => break,
+        }
+    }
+    line
+}
+
 impl StepState {
     fn line(&mut self, line: &str, track: &BuildTrack) {
+        // The classic builder wraps a step's stderr in colour codes (`ESC[91m` … `ESC[0m`), and
+        // the reset lands at the start of the next line: ` ---> <id>` after a step that wrote
+        // to stderr reads `ESC[0m ---> <id>`. Without this, such a step's image went untracked
+        // and a failed build left it behind.
+        let line = strip_sgr(line);
         if let Some(rest) = line.strip_prefix("Step ") {
             if let Some((_, instruction)) = rest.split_once(" : ") {
                 self.from = instruction
@@ -603,5 +621,35 @@ impl Engine {
             .await?
             .map(|i| i.id)
             .ok_or_else(|| BuildError::Base(format!("import finished but {name} is missing")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_after_a_step_that_wrote_to_stderr_are_tracked() {
+        let track = BuildTrack::default();
+        let mut step = StepState::default();
+        for line in [
+            "Step 1/3 : FROM berth-base:bookworm",
+            " ---> 0a712c6aeea0",
+            "Step 2/3 : RUN uv pip install x",
+            " ---> Running in 33c5b925475b",
+            "\u{1b}[91mwarning: retrying",
+            "\u{1b}[0mRemoving intermediate container 33c5b925475b",
+            "\u{1b}[0m ---> 4de913108064",
+            "Step 3/3 : RUN true",
+            " ---> Using cache",
+            " ---> 6895f9f44fd3",
+        ] {
+            step.line(line, &track);
+        }
+        let (container, images) = track.take();
+        assert_eq!(container, None, "the removed step container is forgotten");
+        assert_eq!(images, vec!["4de913108064".to_string()]);
+        assert_eq!(strip_sgr("\u{1b}[0m\u{1b}[91mx"), "x");
+        assert_eq!(strip_sgr("\u{1b}[bad"), "\u{1b}[bad");
     }
 }
