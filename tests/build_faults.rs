@@ -101,7 +101,12 @@ fn fails(args: &[&str], env: &[(&str, &str)]) -> Failure {
         .collect();
     assert!(
         new_dangling.is_empty(),
-        "the failed build left untagged images {new_dangling:?}"
+        "the failed build left untagged images {new_dangling:?}:\n{}\n{stderr}",
+        new_dangling
+            .iter()
+            .map(|i| docker(&["image", "inspect", "-f", "{{.Created}} parent {{.Parent}} from {{.Container}}: {{json .ContainerConfig.Cmd}}", i]))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(tagged(), tagged_before, "no image may be tagged");
     Failure {

@@ -61,12 +61,27 @@ pub struct BuildTrack(Arc<Mutex<Tracked>>);
 struct Tracked {
     container: Option<String>,
     images: Vec<String>,
+    /// When the first build step began (Unix seconds, the engine's clock on this host).
+    started: Option<i64>,
 }
 
 impl BuildTrack {
     fn with<R>(&self, f: impl FnOnce(&mut Tracked) -> R) -> R {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut g)
+    }
+
+    /// Notes that a build begins now, unless one began earlier with this record.
+    fn begin(&self) {
+        let now = unix_now();
+        self.with(|t| {
+            t.started.get_or_insert(now);
+        });
+    }
+
+    /// When the first build began (Unix seconds); now when none did.
+    fn started(&self) -> i64 {
+        self.with(|t| t.started).unwrap_or_else(unix_now)
     }
 
     /// Empties the record, returning the running container and the images, oldest first.
@@ -78,6 +93,12 @@ impl BuildTrack {
     pub fn images(&self) -> Vec<String> {
         self.with(|t| t.images.clone())
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Reads the classic builder's output (`Step 2/9 : RUN …`, ` ---> Running in <id>`,
@@ -120,8 +141,15 @@ impl StepState {
             }
             return;
         }
-        let Some(arrow) = line.strip_prefix(" ---> ") else {
-            if let Some(c) = line.strip_prefix("Removing intermediate container ") {
+        // A step whose output did not end with a newline runs into the builder's own line:
+        // `partial output ---> <id>`.
+        let tail = line
+            .rfind(" ---> ")
+            .map(|i| &line[i + 6..])
+            .filter(|t| t.trim().len() >= 12 && t.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+        let Some(arrow) = line.strip_prefix(" ---> ").or(tail) else {
+            let removing = "Removing intermediate container ";
+            if let Some(c) = line.rfind(removing).map(|i| &line[i + removing.len()..]) {
                 track.with(|t| {
                     if t.container.as_deref() == Some(c.trim()) {
                         t.container = None;
@@ -350,6 +378,7 @@ impl Engine {
                 _ => BuildError::BuildFailed(cause.clone().unwrap_or(message)),
             }
         };
+        track.begin();
         let mut stream = docker.build_image(opts, None, Some(bollard::body_full(context.into())));
         let mut id = None;
         let mut pending = String::new();
@@ -409,6 +438,7 @@ impl Engine {
     /// untagged and without children (an image another build or tag uses stays). Errors are
     /// logged, not returned: cleaning up must never hide the build's own error.
     pub async fn cleanup(&self, track: &BuildTrack) {
+        let started = track.started();
         let (container, images) = track.take();
         if let Some(c) = container {
             let opts = RemoveContainerOptionsBuilder::new()
@@ -422,10 +452,15 @@ impl Engine {
                 }
             }
         }
-        for id in images.iter().rev() {
+        // The images to remove: those the build's output named, plus untagged images next to
+        // them in the chain that the output did not name (a step whose ` ---> <id>` line was
+        // lost, or the parent of a named one): children of a named image made since the build
+        // started, and untagged parents made since then.
+        let ours = self.step_chain(&images, started).await;
+        for id in ours.iter().rev() {
             // The engine may still be removing the step's container after a disconnect: an
             // image in use by it cannot go yet.
-            for attempt in 0..20 {
+            for attempt in 0..40 {
                 match self.docker.inspect_image(id).await {
                     Ok(i) if i.repo_tags.as_ref().is_some_and(|t| !t.is_empty()) => break,
                     Ok(_) => {}
@@ -443,18 +478,93 @@ impl Engine {
                     }) if message.contains("running container")
                         || message.contains("being used") =>
                     {
-                        if attempt == 19 {
+                        if attempt == 39 {
                             tracing::warn!(image = %id, %message, "cannot remove a failed build's step image");
                         }
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     }
                     Err(e) => {
-                        tracing::debug!(image = %id, error = %e, "step image kept");
+                        tracing::warn!(image = %id, error = %e, "a failed build's step image kept");
                         break;
                     }
                 }
             }
         }
+    }
+
+    /// The failed build's step images in chain order (parents first): `named` (ids as the
+    /// builder printed them) widened by the untagged images around them that the build made
+    /// (created at or after `started`, Unix seconds): their untagged parents and the children
+    /// of the newest one. Falls back to `named` when the engine cannot list images.
+    async fn step_chain(&self, named: &[String], started: i64) -> Vec<String> {
+        if named.is_empty() {
+            return Vec::new();
+        }
+        let opts = bollard::query_parameters::ListImagesOptionsBuilder::new()
+            .all(true)
+            .build();
+        let Ok(all) = self.docker.list_images(Some(opts)).await else {
+            return named.to_vec();
+        };
+        let short = |id: &str| id.trim_start_matches("sha256:").to_string();
+        let by_id: HashMap<String, &bollard::models::ImageSummary> =
+            all.iter().map(|i| (short(&i.id), i)).collect();
+        let full = |n: &str| {
+            by_id
+                .keys()
+                .find(|k| k.starts_with(n.trim_start_matches("sha256:")))
+                .cloned()
+        };
+        let untagged_new = |i: &bollard::models::ImageSummary| {
+            i.repo_tags.iter().all(|t| t == "<none>:<none>") && i.created >= started - 1
+        };
+        let mut set: Vec<String> = named.iter().filter_map(|n| full(n)).collect();
+        if set.is_empty() {
+            return named.to_vec();
+        }
+        // The one untagged child the build made above a member, step after step.
+        let mut i = 0;
+        while i < set.len() {
+            let children: Vec<&String> = by_id
+                .iter()
+                .filter(|(_, c)| short(&c.parent_id) == set[i] && untagged_new(c))
+                .map(|(k, _)| k)
+                .collect();
+            if let [c] = children.as_slice() {
+                if !set.contains(c) {
+                    set.push((*c).clone());
+                }
+            }
+            i += 1;
+        }
+        // The untagged parents the build made below each member.
+        for start in set.clone() {
+            let mut cur = start;
+            while let Some(p) = by_id.get(&cur).map(|i| short(&i.parent_id)) {
+                match by_id.get(&p) {
+                    Some(i) if !p.is_empty() && untagged_new(i) => {
+                        if !set.contains(&p) {
+                            set.push(p.clone());
+                        }
+                        cur = p;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        // Parents first: an image comes after every member that is its parent.
+        let mut out: Vec<String> = Vec::new();
+        while !set.is_empty() {
+            let pos = set
+                .iter()
+                .position(|c| {
+                    let parent = by_id.get(c).map(|i| short(&i.parent_id)).unwrap_or_default();
+                    !set.contains(&parent)
+                })
+                .unwrap_or(0);
+            out.push(set.remove(pos));
+        }
+        out.into_iter().map(|k| format!("sha256:{k}")).collect()
     }
 
     /// Makes sure the base image `name` exists and returns its id.
@@ -640,15 +750,19 @@ mod tests {
             "\u{1b}[91mwarning: retrying",
             "\u{1b}[0mRemoving intermediate container 33c5b925475b",
             "\u{1b}[0m ---> 4de913108064",
-            "Step 3/3 : RUN true",
+            "Step 3/4 : RUN true",
             " ---> Using cache",
             " ---> 6895f9f44fd3",
+            "Step 4/4 : RUN printf partial",
+            " ---> Running in 44d5b925475c",
+            "partialRemoving intermediate container 44d5b925475c",
+            "more ---> 5ae913108065",
         ] {
             step.line(line, &track);
         }
         let (container, images) = track.take();
         assert_eq!(container, None, "the removed step container is forgotten");
-        assert_eq!(images, vec!["4de913108064".to_string()]);
+        assert_eq!(images, vec!["4de913108064".to_string(), "5ae913108065".to_string()]);
         assert_eq!(strip_sgr("\u{1b}[0m\u{1b}[91mx"), "x");
         assert_eq!(strip_sgr("\u{1b}[bad"), "\u{1b}[bad");
     }
