@@ -163,7 +163,7 @@ pub async fn read_image_file(
 
 /// Creates (never starts) a container labelled `berth.role=tool`, so `docker ps -a` tells
 /// what it is should a crash leave it.
-async fn create(
+pub(crate) async fn create(
     engine: &Engine,
     mut body: ContainerCreateBody,
 ) -> Result<bollard::models::ContainerCreateResponse, BuildError> {
@@ -177,7 +177,7 @@ async fn create(
         .map_err(|e| BuildError::Engine(e.to_string()))
 }
 
-async fn remove(engine: &Engine, id: &str) -> Result<(), BuildError> {
+pub(crate) async fn remove(engine: &Engine, id: &str) -> Result<(), BuildError> {
     engine
         .docker()
         .remove_container(
