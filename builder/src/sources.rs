@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     DownloadFromContainerOptionsBuilder, LogsOptionsBuilder, UploadToContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -186,22 +185,9 @@ fn mkdir(p: &Path) -> Result<(), BuildError> {
         .map_err(|e| BuildError::Internal(format!("cannot create {}: {e}", p.display())))
 }
 
-/// `name` as PEP 503 normalizes it: lowercase, each run of `-`, `_`, `.` one `-`.
+/// `name` as PEP 503 normalizes it (the buildpacks' rule).
 fn normalize(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut sep = false;
-    for c in name.chars() {
-        if matches!(c, '-' | '_' | '.') {
-            sep = true;
-        } else {
-            if sep && !out.is_empty() {
-                out.push('-');
-            }
-            sep = false;
-            out.push(c.to_ascii_lowercase());
-        }
-    }
-    out
+    berth_buildpacks::normalize_name(name)
 }
 
 const SDIST_SUFFIXES: &[&str] = &[".tar.gz", ".zip", ".tar.bz2", ".tgz"];
@@ -642,22 +628,7 @@ async fn tool(
             )
             .await
             .map_err(eng)?;
-        docker
-            .start_container(
-                &id,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(eng)?;
-        let mut wait = docker.wait_container(&id, Some(WaitContainerOptionsBuilder::new().build()));
-        let mut code = 0;
-        while let Some(r) = wait.next().await {
-            match r {
-                Ok(w) => code = w.status_code,
-                Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => code = c,
-                Err(e) => return Err(eng(e)),
-            }
-        }
+        let code = record::start_and_wait(docker, &id).await?;
         if code != 0 {
             let mut logs = docker.logs(
                 &id,

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tracing::{info, info_span, Instrument};
 
 use crate::archive::BundleWriter;
+pub use crate::Progress;
 use crate::{archive, gitbundle, BundleError, ImageEntry, Manifest, Part, RepoInfo, FORMAT};
 
 /// The OCI annotation naming an image's tag in `index.json`.
@@ -29,17 +30,6 @@ pub struct ExportOptions {
     pub sources: Option<PathBuf>,
     /// berth's cache folder, where the repository's clone is looked up for the git bundle.
     pub cache_dir: PathBuf,
-}
-
-/// Progress of a long export step.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// What runs: `image`, `sources`.
-    pub step: &'static str,
-    /// Bytes done.
-    pub done: u64,
-    /// Bytes expected (an estimate for `image`: the engine's image sizes).
-    pub total: u64,
 }
 
 /// What an export wrote.

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tracing::{info, info_span, Instrument};
 
+pub use crate::Progress;
 use crate::{archive, verify, BundleError, ImageEntry, Manifest, Verified};
 
 /// What to do besides loading the image.
@@ -24,17 +25,6 @@ pub struct ImportOptions {
     /// Copy the bundle's sources into this folder (`wheels/`, `debs/`): berth's local sources,
     /// which `berth build --offline` uses.
     pub sources_to: Option<PathBuf>,
-}
-
-/// Progress of an import: `step` is `verify` or `load`.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// What runs: `verify`, `load`.
-    pub step: &'static str,
-    /// Bytes done.
-    pub done: u64,
-    /// Bytes expected.
-    pub total: u64,
 }
 
 /// What an import did.

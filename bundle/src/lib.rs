@@ -86,6 +86,17 @@ impl BundleError {
     }
 }
 
+/// Progress of a long step of an export or import.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// What runs: `image`, `sources` (export); `verify`, `load` (import).
+    pub step: &'static str,
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes expected (for `image`, an estimate: the engine's image size).
+    pub total: u64,
+}
+
 /// One image in the bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageEntry {
