@@ -207,7 +207,7 @@ pub(crate) async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     };
     let imported = import_with_progress(&engine, &args.file, &opts).await?;
     eprintln!(
-        "berth: {} {} (bundle sha256 {}) in {:.1} s",
+        "berth: {} {} (bundle digest {}) in {:.1} s",
         if imported.loaded { "loaded" } else { "already had" },
         imported.image,
         imported.digest,

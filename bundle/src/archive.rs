@@ -237,11 +237,12 @@ impl BundleWriter {
     }
 
     /// Writes berth's manifest and the seal, ends the archive, syncs, and renames the partial
-    /// file to its name. Returns the file's size in bytes.
+    /// file to its name. Returns the file's size in bytes and the bundle's digest (the seal's
+    /// sha256, 64 hex digits: see [`Scan::digest`]).
     ///
     /// # Errors
     /// [`BundleError::Io`].
-    pub fn finish(mut self, manifest: &[u8]) -> Result<u64, BundleError> {
+    pub fn finish(mut self, manifest: &[u8]) -> Result<(u64, String), BundleError> {
         self.add_file(BERTH_MANIFEST, manifest)?;
         let seal = seal(&self.headers, manifest);
         self.add_file(SEAL, seal.as_bytes())?;
@@ -254,7 +255,7 @@ impl BundleWriter {
         })();
         res.map_err(|e| self.io(e))?;
         self.done = true;
-        Ok(self.pos)
+        Ok((self.pos, seal.trim().trim_start_matches("sha256:").to_string()))
     }
 }
 
@@ -296,20 +297,22 @@ pub struct Scan {
     pub entries: Vec<Entry>,
     /// The bytes of berth's manifest.
     pub manifest: Vec<u8>,
-    /// sha256 of the whole file, 64 hex digits: the bundle's digest.
+    /// The bundle's digest, 64 hex digits: the seal's sha256, over every tar header and
+    /// `berth.json`, which lists the sha256 of every other part. Two bundles with the same
+    /// digest hold the same bytes (headers, parts, padding, which must be zeros), as
+    /// byte-identical exports do.
     pub digest: String,
     /// The file's size in bytes.
     pub bytes: u64,
 }
 
-/// A reader that hashes everything it reads (the whole-file digest).
-struct Hashing<R> {
+/// A reader that counts what it reads.
+struct Counting<R> {
     inner: R,
-    hasher: Sha256,
     pos: u64,
 }
 
-impl<R: Read> Hashing<R> {
+impl<R: Read> Counting<R> {
     fn exact(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         let mut got = 0;
         while got < buf.len() {
@@ -320,7 +323,6 @@ impl<R: Read> Hashing<R> {
                 Err(e) => return Err(e),
             }
         }
-        self.hasher.update(&buf[..got]);
         self.pos += got as u64;
         if got == 0 {
             return Ok(false);
@@ -343,9 +345,8 @@ impl<R: Read> Hashing<R> {
 pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleError> {
     let file = File::open(path).map_err(|e| BundleError::io(path, e))?;
     let size = file.metadata().map_err(|e| BundleError::io(path, e))?.len();
-    let mut r = Hashing {
+    let mut r = Counting {
         inner: io::BufReader::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
         pos: 0,
     };
     let ioerr = |e: io::Error| {
@@ -483,7 +484,6 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
         if got == 0 {
             break;
         }
-        r.hasher.update(&buf[..got]);
         r.pos += got as u64;
         if buf[..got].iter().any(|&b| b != 0) {
             return Err(BundleError::Corrupt("the end of the archive".into()));
@@ -505,7 +505,8 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
     if r.pos != size {
         return Err(BundleError::Truncated);
     }
-    if seal(&headers, &manifest) != sealed {
+    let expected = seal(&headers, &manifest);
+    if expected != sealed {
         return Err(BundleError::Corrupt(
             "berth.json or a tar header (the seal does not match)".into(),
         ));
@@ -513,7 +514,10 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
     Ok(Scan {
         entries,
         manifest,
-        digest: hex::encode(r.hasher.finalize()),
+        digest: expected
+            .trim()
+            .trim_start_matches("sha256:")
+            .to_string(),
         bytes: size,
     })
 }

@@ -39,8 +39,9 @@ pub struct ExportSummary {
     pub path: PathBuf,
     /// Its size in bytes.
     pub bytes: u64,
-    /// Its sha256, 64 hex digits.
-    pub sha256: String,
+    /// The bundle's digest, 64 hex digits: the seal's sha256 ([`crate::archive::Scan::digest`]),
+    /// which `berth import` prints and sessions record.
+    pub digest: String,
     /// The image exported.
     pub image: String,
     /// Bytes of image blobs (layers, configs, manifests).
@@ -498,14 +499,13 @@ pub async fn export(
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| BundleError::Invalid(e.to_string()))?;
-        let bytes = w.finish(&json)?;
-        let sha256 = file_sha256(out)?;
+        let (bytes, digest) = w.finish(&json)?;
         let seconds = started.elapsed().as_secs_f64();
         info!(bytes, seconds, "exported");
         Ok(ExportSummary {
             path: out.to_path_buf(),
             bytes,
-            sha256,
+            digest,
             image: img_name,
             image_bytes,
             sources_bytes,
@@ -556,16 +556,4 @@ fn source_files(dir: &Path) -> Result<Vec<(&'static str, PathBuf, u64)>, BundleE
         }
     }
     Ok(out)
-}
-
-/// sha256 of the file at `path`, 64 hex digits.
-///
-/// # Errors
-/// [`BundleError::Io`].
-pub fn file_sha256(path: &Path) -> Result<String, BundleError> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| BundleError::io(path, e))?;
-    Ok(hex::encode(h.finalize()))
 }

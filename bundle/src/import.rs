@@ -40,7 +40,7 @@ pub struct Imported {
     pub base_image: Option<String>,
     /// Whether anything was loaded (false when the engine had every image already).
     pub loaded: bool,
-    /// The bundle's digest: sha256 of the whole file, 64 hex digits.
+    /// The bundle's digest, 64 hex digits ([`crate::archive::Scan::digest`]).
     pub digest: String,
     /// berth's manifest.
     #[serde(skip)]

@@ -200,7 +200,7 @@ pub struct Verified {
 }
 
 impl Verified {
-    /// The bundle's digest: sha256 of the whole file, 64 hex digits.
+    /// The bundle's digest, 64 hex digits ([`archive::Scan::digest`]).
     pub fn digest(&self) -> &str {
         &self.scan.digest
     }

@@ -47,7 +47,7 @@ impl berth_web::Exporter for FakeExporter {
         Ok(ExportSummary {
             path: out.to_path_buf(),
             bytes: BODY.len() as u64,
-            sha256: String::new(),
+            digest: String::new(),
             image: image.into(),
             image_bytes: 0,
             sources_bytes: 0,
