@@ -357,6 +357,7 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
         }
     };
     let mut entries = Vec::new();
+    let mut later: Vec<usize> = Vec::new();
     let mut headers: Vec<[u8; BLOCK]> = Vec::new();
     let mut manifest = Vec::new();
     let mut sealed: Option<String> = None;
@@ -428,6 +429,16 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
             return Err(BundleError::Corrupt(format!("{name} is {len} bytes")));
         }
         let mut kept = Vec::new();
+        // Large parts are hashed afterwards, on every core; here they are skipped.
+        let deferred = !keep && len >= DEFER_BYTES;
+        if deferred {
+            r.inner
+                .seek_relative(len as i64)
+                .map_err(|e| BundleError::io(path, e))?;
+            r.pos += len;
+            left = 0;
+            later.push(entries.len());
+        }
         while left > 0 {
             let n = left.min(buf.len() as u64) as usize;
             if !r.exact(&mut buf[..n]).map_err(ioerr)? {
@@ -505,6 +516,7 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
     if r.pos != size {
         return Err(BundleError::Truncated);
     }
+    hash_parts(path, &mut entries, &later, progress)?;
     let expected = seal(&headers, &manifest);
     if expected != sealed {
         return Err(BundleError::Corrupt(
@@ -520,6 +532,87 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
             .to_string(),
         bytes: size,
     })
+}
+
+/// Parts at least this large (bytes) are hashed after the framing is read, in parallel.
+const DEFER_BYTES: u64 = 4 << 20;
+
+/// Hashes the content of `entries[i]` for each `i` in `which`, on as many threads as there are
+/// cores (each reading its own share of the file), and stores the sha256 in each entry.
+/// `progress` gets the bytes hashed so far.
+fn hash_parts(
+    path: &Path,
+    entries: &mut [Entry],
+    which: &[usize],
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), BundleError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    if which.is_empty() {
+        return Ok(());
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(which.len());
+    // Largest first, each to the least loaded thread.
+    let mut order: Vec<usize> = which.to_vec();
+    order.sort_by_key(|&i| std::cmp::Reverse(entries[i].bytes));
+    let mut shares: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); threads];
+    for i in order {
+        let s = shares.iter_mut().min_by_key(|s| s.0).expect("one thread at least");
+        s.0 += entries[i].bytes;
+        s.1.push(i);
+    }
+    let done = AtomicU64::new(0);
+    let snapshot: Vec<(u64, u64)> = entries.iter().map(|e| (e.offset, e.bytes)).collect();
+    let results: Vec<Result<Vec<(usize, String)>, BundleError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|(_, share)| {
+                let (done, snapshot) = (&done, &snapshot);
+                scope.spawn(move || -> Result<Vec<(usize, String)>, BundleError> {
+                    let mut f = File::open(path).map_err(|e| BundleError::io(path, e))?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut out = Vec::new();
+                    for &i in share {
+                        let (offset, bytes) = snapshot[i];
+                        f.seek(SeekFrom::Start(offset))
+                            .map_err(|e| BundleError::io(path, e))?;
+                        let mut h = Sha256::new();
+                        let mut left = bytes;
+                        while left > 0 {
+                            let n = left.min(buf.len() as u64) as usize;
+                            f.read_exact(&mut buf[..n]).map_err(|e| {
+                                if e.kind() == io::ErrorKind::UnexpectedEof {
+                                    BundleError::Truncated
+                                } else {
+                                    BundleError::io(path, e)
+                                }
+                            })?;
+                            h.update(&buf[..n]);
+                            left -= n as u64;
+                            done.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        out.push((i, hex::encode(h.finalize())));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        while handles.iter().any(|h| !h.is_finished()) {
+            progress(done.load(Ordering::Relaxed));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(BundleError::Invalid("a hashing thread failed".into()))))
+            .collect()
+    });
+    for r in results {
+        for (i, sha) in r? {
+            entries[i].sha256 = sha;
+        }
+    }
+    Ok(())
 }
 
 /// `Some(())` when `h` is a header this writer makes (a regular ustar file).
@@ -613,6 +706,26 @@ mod tests {
         let d2 = tempfile::tempdir().unwrap();
         let p2 = write(d2.path(), &[b"hello", b"world!", b"hello"]);
         assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&p2).unwrap());
+    }
+
+    #[test]
+    fn large_parts_are_hashed_in_parallel_and_a_changed_byte_shows() {
+        let d = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let p = write(d.path(), &[&big, &big[..5 << 20], b"small"]);
+        let s = scan(&p, &mut |_| {}).unwrap();
+        let blobs: Vec<&Entry> = s.entries.iter().filter(|e| e.path.starts_with(BLOBS)).collect();
+        assert_eq!(blobs.len(), 3);
+        for e in &blobs {
+            assert_eq!(e.path.strip_prefix(BLOBS), Some(e.sha256.as_str()));
+        }
+        let mut bytes = std::fs::read(&p).unwrap();
+        let at = (blobs[0].offset + (7 << 20)) as usize;
+        bytes[at] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        let s = scan(&p, &mut |_| {}).unwrap();
+        let e = &s.entries[1];
+        assert_ne!(e.path.strip_prefix(BLOBS), Some(e.sha256.as_str()));
     }
 
     #[test]
