@@ -188,9 +188,6 @@ pub struct ImageInfo {
 #[derive(Debug, Clone)]
 pub struct Engine {
     docker: Docker,
-    /// The network of every build step (`networkmode` of `POST /build`); `None` for the
-    /// engine's default.
-    build_network: Option<String>,
 }
 
 fn engine_err(e: bollard::errors::Error) -> BuildError {
@@ -218,20 +215,7 @@ impl Engine {
         let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
-        Ok(Self {
-            docker,
-            build_network: None,
-        })
-    }
-
-    /// This connection, with every step of the builds it runs on the engine's `none` network
-    /// (the classic builder's `networkmode=none`): no step can reach any host. Offline builds
-    /// (`berth build --offline`) use it.
-    pub fn without_network(&self) -> Self {
-        Self {
-            docker: self.docker.clone(),
-            build_network: Some("none".into()),
-        }
+        Ok(Self { docker })
     }
 
     /// The underlying bollard client, for crates that manage containers.
@@ -378,7 +362,6 @@ impl Engine {
             nocache: no_cache,
             labels: (!labels.is_empty()).then_some(labels),
             buildargs: (!build_args.is_empty()).then_some(build_args),
-            networkmode: self.build_network.clone(),
             ..Default::default()
         };
         let docker = self.limited(limits);
@@ -575,10 +558,7 @@ impl Engine {
             let pos = set
                 .iter()
                 .position(|c| {
-                    let parent = by_id
-                        .get(c)
-                        .map(|i| short(&i.parent_id))
-                        .unwrap_or_default();
+                    let parent = by_id.get(c).map(|i| short(&i.parent_id)).unwrap_or_default();
                     !set.contains(&parent)
                 })
                 .unwrap_or(0);
@@ -782,10 +762,7 @@ mod tests {
         }
         let (container, images) = track.take();
         assert_eq!(container, None, "the removed step container is forgotten");
-        assert_eq!(
-            images,
-            vec!["4de913108064".to_string(), "5ae913108065".to_string()]
-        );
+        assert_eq!(images, vec!["4de913108064".to_string(), "5ae913108065".to_string()]);
         assert_eq!(strip_sgr("\u{1b}[0m\u{1b}[91mx"), "x");
         assert_eq!(strip_sgr("\u{1b}[bad"), "\u{1b}[bad");
     }
