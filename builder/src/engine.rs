@@ -558,7 +558,10 @@ impl Engine {
             let pos = set
                 .iter()
                 .position(|c| {
-                    let parent = by_id.get(c).map(|i| short(&i.parent_id)).unwrap_or_default();
+                    let parent = by_id
+                        .get(c)
+                        .map(|i| short(&i.parent_id))
+                        .unwrap_or_default();
                     !set.contains(&parent)
                 })
                 .unwrap_or(0);
@@ -762,7 +765,10 @@ mod tests {
         }
         let (container, images) = track.take();
         assert_eq!(container, None, "the removed step container is forgotten");
-        assert_eq!(images, vec!["4de913108064".to_string(), "5ae913108065".to_string()]);
+        assert_eq!(
+            images,
+            vec!["4de913108064".to_string(), "5ae913108065".to_string()]
+        );
         assert_eq!(strip_sgr("\u{1b}[0m\u{1b}[91mx"), "x");
         assert_eq!(strip_sgr("\u{1b}[bad"), "\u{1b}[bad");
     }
