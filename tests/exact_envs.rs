@@ -474,7 +474,7 @@ fn locks_are_installed_exactly_and_bad_locks_fail_with_one_line() {
     let tree = git(pl.path(), &["rev-parse", "HEAD^{tree}"]);
     // The build lock is held throughout, so no other build of this run adds images meanwhile.
     let guard = build_lock();
-    let images_before = all_images();
+    let images_before = images_with_ids();
     let out = run_berth(&["build", pl.path().to_str().unwrap()]);
     assert!(!out.status.success(), "the build passed");
     let line = error_line(&String::from_utf8_lossy(&out.stderr));
@@ -483,7 +483,12 @@ fn locks_are_installed_exactly_and_bad_locks_fail_with_one_line() {
         "{line}"
     );
     assert!(line.to_lowercase().contains("hash"), "{line}");
-    assert_eq!(all_images(), images_before, "an image was left");
+    let left = image_difference(&images_before, &images_with_ids());
+    assert!(
+        left.is_empty(),
+        "the failed build changed the images:\n{left}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(guard);
     assert!(
         !docker(&["images", "-q", &format!("berth/*:{}", &tree.trim()[..12])])
@@ -589,12 +594,17 @@ fn the_conda_fixture_is_inspected_and_locked_into_an_identical_kernel() {
     // berth lock, committed, builds the same kernel environment from the lock.
     let clone = clone_fixture("conda");
     let work = clone.path().join("repo");
-    let out = run_berth(&[
-        "lock",
-        work.to_str().unwrap(),
-        "-o",
-        work.join("pylock.toml").to_str().unwrap(),
-    ]);
+    // `berth lock SOURCE` builds the clone's image first: it holds the build lock as every
+    // build of this run does, or the failed-build test would see its image appear.
+    let out = {
+        let _g = build_lock();
+        run_berth(&[
+            "lock",
+            work.to_str().unwrap(),
+            "-o",
+            work.join("pylock.toml").to_str().unwrap(),
+        ])
+    };
     assert!(
         out.status.success(),
         "{}",

@@ -133,6 +133,47 @@ pub fn all_images() -> Vec<String> {
     v
 }
 
+/// Every image as `id repo:tag`, including untagged intermediate ones (`docker images -a`).
+pub fn images_with_ids() -> Vec<String> {
+    let mut v: Vec<String> = docker(&[
+        "images",
+        "-a",
+        "--no-trunc",
+        "--format",
+        "{{.ID}} {{.Repository}}:{{.Tag}}",
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect();
+    v.sort();
+    v
+}
+
+/// What differs between two [`images_with_ids`] listings, one line per image: `+` for an
+/// image only in `after`, `-` for one only in `before`, each with its creation time, parent
+/// and the build step that made it. Empty when the listings are the same.
+pub fn image_difference(before: &[String], after: &[String]) -> String {
+    let mut out = String::new();
+    for (sign, from, other) in [("+", after, before), ("-", before, after)] {
+        for line in from.iter().filter(|l| !other.contains(l)) {
+            let id = line.split(' ').next().unwrap_or_default();
+            let detail = Command::new("docker")
+                .args([
+                    "image",
+                    "inspect",
+                    "-f",
+                    "{{.Created}} parent {{.Parent}}: {{json .ContainerConfig.Cmd}}",
+                    id,
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            out.push_str(&format!("{sign} {line} {detail}\n"));
+        }
+    }
+    out
+}
+
 /// `git ARGS` in `dir`, which must succeed.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
