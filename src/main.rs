@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+mod bundle_cmd;
 use berth_builder::{BuildEvent, BuildOutcome, BuildRequest, Engine, Phase};
 use berth_launcher::{Backend, DockerBackend, Limits, OpenPath, SessionSpec};
 use clap::{Args, Parser, Subcommand};
@@ -74,6 +76,15 @@ enum Command {
     /// Write a PEP 751 pylock.toml of the packages a repository's image holds, so committing
     /// it makes the next build exact.
     Lock(LockArgs),
+    /// Write an image (built from SOURCE first when needed) as one bundle file that runs, and
+    /// with --sources rebuilds, with no network: OCI image layout, berth's manifest, the
+    /// repository as a git bundle.
+    Export(bundle_cmd::ExportArgs),
+    /// Check every digest of a bundle, then load its images; prints the image.
+    Import(bundle_cmd::ImportArgs),
+    /// Rebuild a bundle's environment from its sources with no network, and report whether
+    /// the env hash and the kernel's packages are the same.
+    Rebuild(bundle_cmd::RebuildArgs),
     /// Stop sessions whose Jupyter server has been idle for longer than --max-idle.
     Cull {
         /// Idle time after which a session is stopped (e.g. 30m, 2h).
@@ -415,6 +426,11 @@ struct BuildArgs {
     /// Print one JSON object instead of the image name.
     #[arg(long)]
     json: bool,
+    /// Build with no network: every build step on Docker's `none` network, Debian packages and
+    /// Python distributions only from the sources folder ($BERTH_SOURCES_DIR, else sources/
+    /// in the cache folder), a URL only from berth's repository cache.
+    #[arg(long)]
+    offline: bool,
 }
 
 fn main() -> ExitCode {
@@ -492,6 +508,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Inspect(args) => inspect(args).await,
         Command::Lock(args) => lock(args).await,
+        Command::Export(args) => bundle_cmd::export(args).await,
+        Command::Import(args) => bundle_cmd::import(args).await,
+        Command::Rebuild(args) => bundle_cmd::rebuild(args).await,
         Command::Cull { max_idle, sessions } => {
             let backend = DockerBackend::connect().await?;
             for id in &sessions {
@@ -581,7 +600,10 @@ impl Progress {
 }
 
 async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let req = args.opts.request();
+    let mut req = args.opts.request();
+    if args.offline {
+        req.offline = Some(berth_builder::sources::default_sources_dir());
+    }
     req.validate()?;
     if args.plan || args.dockerfile {
         let quiet = |_ev: BuildEvent| {};
@@ -751,6 +773,25 @@ async fn build_with_progress(engine: &Engine, req: &BuildRequest) -> anyhow::Res
     })
 }
 
+/// The image a session runs: a bundle file's (imported when the engine lacks it), with the
+/// label recording the bundle's digest; else the build's.
+async fn outcome_for(
+    engine: &Engine,
+    req: &BuildRequest,
+) -> anyhow::Result<(BuildOutcome, Vec<(String, String)>)> {
+    if bundle_cmd::is_bundle(&req.source) {
+        let (outcome, label, m) =
+            bundle_cmd::outcome_of_bundle(engine, std::path::Path::new(&req.source)).await?;
+        let mut labels = vec![label];
+        if let Some(r) = m.repo {
+            labels.push(("berth.repo_url".into(), r.url));
+            labels.push(("berth.ref".into(), r.r#ref));
+        }
+        return Ok((outcome, labels));
+    }
+    Ok((build_with_progress(engine, req).await?, Vec::new()))
+}
+
 fn session_labels(outcome: &BuildOutcome, req: &BuildRequest) -> Vec<(String, String)> {
     vec![
         (
@@ -781,7 +822,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let backend = DockerBackend::with_client(engine.docker().clone());
     let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
-        let outcome = build_with_progress(&engine, &req).await?;
+        let (outcome, bundle) = outcome_for(&engine, &req).await?;
         let mut spec = args.session.spec(&outcome.image, &req.source);
         spec.id = Some(id.clone());
         spec.repo_dir = req.repo_dir.clone();
@@ -790,6 +831,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         spec.open = args.open.open();
         spec.port = args.port;
         spec.labels = session_labels(&outcome, &req);
+        spec.labels.extend(bundle);
         eprintln!("berth: starting session ({} workers)", spec.workers);
         Ok::<_, anyhow::Error>(backend.start(&spec).await?)
     };
@@ -837,7 +879,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     // what to remove.
     let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
-        let outcome = build_with_progress(&engine, &req).await?;
+        let (outcome, bundle) = outcome_for(&engine, &req).await?;
         let mut spec = args.session.spec(&outcome.image, &req.source);
         spec.id = Some(id.clone());
         spec.repo_dir = req.repo_dir.clone();
@@ -845,6 +887,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         spec.volumes = extras.volumes;
         spec.command = Some(args.command.clone());
         spec.labels = session_labels(&outcome, &req);
+        spec.labels.extend(bundle);
         let session = backend.start(&spec).await?;
         eprintln!("berth: session {} running the command", session.id);
         Ok::<_, anyhow::Error>(backend.attach(&session.id).await?)

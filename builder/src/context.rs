@@ -1,6 +1,8 @@
 //! Deterministic build contexts: tar archives with fixed mtimes, owners and modes, in path
 //! order, so equal inputs give byte-identical contexts and Docker's layer cache holds.
 
+use std::path::{Path, PathBuf};
+
 use berth_buildpacks::{BuildPlan, FileEntry, RepoFiles, ENTRYPOINT_SCRIPT};
 
 /// The mtime of every context entry (seconds since the epoch): 2000-01-01T00:00:00Z.
@@ -102,6 +104,63 @@ pub fn env_context(
     dockerfile: &str,
     ca_cert: Option<&[u8]>,
 ) -> std::io::Result<Vec<u8>> {
+    env_context_with_sources(plan, files, dockerfile, ca_cert, None)
+}
+
+/// The files of a sources folder an offline build takes: the wheels and sdists of `wheels/`
+/// and the `.deb` files of `debs/` (other files, and folders, are left out), as
+/// `(path in the folder, path on disk)`, sorted.
+///
+/// # Errors
+/// I/O errors reading the folder; a folder without `wheels/` is [`std::io::ErrorKind::NotFound`].
+pub fn sources_files(sources: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    const KINDS: &[(&str, &[&str])] = &[
+        ("debs", &[".deb"]),
+        ("wheels", &[".whl", ".tar.gz", ".zip", ".tar.bz2", ".tgz"]),
+    ];
+    let mut out = Vec::new();
+    for (kind, suffixes) in KINDS {
+        let dir = sources.join(kind);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && *kind == "debs" => continue,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", dir.display()),
+                ))
+            }
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.')
+                || !suffixes.iter().any(|s| name.ends_with(s))
+                || !entry.file_type()?.is_file()
+            {
+                continue;
+            }
+            out.push((format!("{kind}/{name}"), entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// [`env_context`], for an offline build when `sources` names a sources folder: berth's
+/// offline helpers ([`berth_buildpacks::offline_context_files`]) and the folder's files
+/// ([`sources_files`]) go under `berth/sources/`, where the offline Dockerfile takes them.
+/// The archive is built in memory, so it needs as much memory as the folder's files.
+///
+/// # Errors
+/// I/O errors of the archive or of reading the folder.
+pub fn env_context_with_sources(
+    plan: &BuildPlan,
+    files: &RepoFiles,
+    dockerfile: &str,
+    ca_cert: Option<&[u8]>,
+    sources: Option<&Path>,
+) -> std::io::Result<Vec<u8>> {
     let mut tar = Tar::new();
     if plan.dockerfile.is_some() {
         for (path, entry) in files.iter() {
@@ -118,6 +177,18 @@ pub fn env_context(
     tar.dir("repo")?;
     if let Some(ca) = ca_cert {
         tar.file("berth/ca-certificates.crt", ca, 0o644)?;
+    }
+    if let Some(dir) = sources {
+        for f in berth_buildpacks::offline_context_files() {
+            tar.file(f.path, &f.data, f.mode)?;
+        }
+        // `COPY berth/sources/` needs both folders, even when one is empty.
+        tar.dir("berth/sources/debs")?;
+        tar.dir("berth/sources/wheels")?;
+        for (path, disk) in sources_files(dir)? {
+            let data = std::fs::read(&disk)?;
+            tar.file(&format!("berth/sources/{path}"), &data, 0o644)?;
+        }
     }
     if plan.whole_repo {
         for (path, entry) in files.iter() {

@@ -188,6 +188,9 @@ pub struct ImageInfo {
 #[derive(Debug, Clone)]
 pub struct Engine {
     docker: Docker,
+    /// The network of every build step (`networkmode` of `POST /build`); `None` for the
+    /// engine's default.
+    build_network: Option<String>,
 }
 
 fn engine_err(e: bollard::errors::Error) -> BuildError {
@@ -215,7 +218,20 @@ impl Engine {
         let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
         let docker = docker.negotiate_version().await.map_err(unavailable)?;
         docker.ping().await.map_err(unavailable)?;
-        Ok(Self { docker })
+        Ok(Self {
+            docker,
+            build_network: None,
+        })
+    }
+
+    /// This connection, with every step of the builds it runs on the engine's `none` network
+    /// (the classic builder's `networkmode=none`): no step can reach any host. Offline builds
+    /// (`berth build --offline`) use it.
+    pub fn without_network(&self) -> Self {
+        Self {
+            docker: self.docker.clone(),
+            build_network: Some("none".into()),
+        }
     }
 
     /// The underlying bollard client, for crates that manage containers.
@@ -362,6 +378,7 @@ impl Engine {
             nocache: no_cache,
             labels: (!labels.is_empty()).then_some(labels),
             buildargs: (!build_args.is_empty()).then_some(build_args),
+            networkmode: self.build_network.clone(),
             ..Default::default()
         };
         let docker = self.limited(limits);

@@ -455,12 +455,25 @@ pub fn validate_ref(reference: &str) -> Result<(), FetchError> {
 #[derive(Debug, Clone)]
 pub struct RepoCache {
     dir: PathBuf,
+    offline: bool,
 }
 
 impl RepoCache {
     /// A cache under `dir` (created when needed).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            offline: false,
+        }
+    }
+
+    /// This cache, fetching nothing over the network when `offline` (`berth build
+    /// --offline`): a URL (of the repository or a submodule) is read from its cached clone as
+    /// the last fetch left it, and is an error ([`FetchError::Unreachable`]) when it has none;
+    /// local paths are read as always.
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.offline = offline;
+        self
     }
 
     /// The bare clone that caches `url` (a hash of the whole URL, credentials included, so
@@ -622,6 +635,14 @@ impl RepoCache {
     ) -> Result<Repository, FetchError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| FetchError::Git(e.to_string()))?;
         let path = self.path_for(url);
+        if self.offline && is_url(url) {
+            return Repository::open_bare(&path).map_err(|_| FetchError::Unreachable {
+                url: redact_url(url),
+                message: "not in berth's repository cache, and an offline build fetches nothing \
+                          (build it once with the network, or give a local path)"
+                    .into(),
+            });
+        }
         let repo = match Repository::open_bare(&path) {
             Ok(r) => r,
             Err(_) => {

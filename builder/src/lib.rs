@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod hash;
 pub mod pythons;
 pub mod record;
+pub mod sources;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -235,6 +236,13 @@ pub struct BuildRequest {
     pub limits: BuildLimits,
     /// Which hosts the fetch may reach (the web server sets one; the CLI fetches anything).
     pub host_policy: Option<HostPolicy>,
+    /// Build offline from this sources folder (`berth build --offline`; the layout
+    /// [`sources::collect`] writes: `wheels/` and `debs/`): every build step runs on the
+    /// engine's `none` network, Debian packages and Python distributions come from the folder
+    /// only (a missing one fails the build with one line naming it), a URL source is read from
+    /// berth's repository cache without fetching, and the base image must exist. The env hash
+    /// is that of the same build online. `None` (the default) builds online.
+    pub offline: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for BuildRequest {
@@ -260,6 +268,7 @@ impl std::fmt::Debug for BuildRequest {
             .field("timeout", &self.timeout)
             .field("limits", &self.limits)
             .field("host_policy", &self.host_policy)
+            .field("offline", &self.offline)
             .finish()
     }
 }
@@ -315,6 +324,7 @@ impl BuildRequest {
             timeout: DEFAULT_BUILD_TIMEOUT,
             limits: BuildLimits::default(),
             host_policy: None,
+            offline: None,
         }
     }
 
@@ -357,6 +367,7 @@ impl BuildRequest {
             ca_cert: self.ca_cert.is_some(),
             user_id: self.user_id,
             user_name: self.user_name.clone(),
+            offline: self.offline.is_some(),
         }
     }
 
@@ -638,7 +649,7 @@ pub async fn checkout(
 ) -> Result<Checkout, BuildError> {
     req.validate()?;
     let subdir = req.subdir.clone();
-    let cache = RepoCache::new(req.cache_dir.join("repos"));
+    let cache = RepoCache::new(req.cache_dir.join("repos")).offline(req.offline.is_some());
     let source = req.source.clone();
     let reference = req.reference.clone();
     let max = req.max_repo_bytes;
@@ -712,6 +723,16 @@ async fn plan_for_build(
     co: &Checkout,
 ) -> Result<(BuildPlan, Option<String>), BuildError> {
     match first_plan(req, co) {
+        Err(NeedsProbe) if req.offline.is_some() => {
+            // uv would download the Python, which an offline build cannot; the plan without a
+            // fallback says which Python is missing.
+            let plan = final_plan(
+                req,
+                co,
+                ManagedPython::Unavailable("an offline build downloads nothing".into()),
+            )?;
+            Ok((plan, None))
+        }
         Err(NeedsProbe) => {
             let downloads = req.python_downloads.clone();
             let managed = tokio::task::spawn_blocking(move || {
@@ -901,6 +922,12 @@ async fn build_inner(
     fetching: &AtomicBool,
 ) -> Result<BuildOutcome, BuildError> {
     let started = Instant::now();
+    // An offline build's steps reach no network at all.
+    let builder = if req.offline.is_some() {
+        engine.without_network()
+    } else {
+        engine.clone()
+    };
     if let Some(name) = &req.image_name {
         validate_image_name(name)?;
     }
@@ -960,9 +987,19 @@ async fn build_inner(
                 )
             });
         }
-        engine
-            .ensure_base(&base.image, &base.suite, &req.debian_mirror, &mut log)
-            .await?
+        if req.offline.is_some() {
+            // Creating a base image needs Debian's mirror.
+            engine.image(&base.image).await?.map(|i| i.id).ok_or_else(|| {
+                BuildError::Base(format!(
+                    "{} is missing, and an offline build cannot create it (build once with the network, or load it)",
+                    base.image
+                ))
+            })?
+        } else {
+            engine
+                .ensure_base(&base.image, &base.suite, &req.debian_mirror, &mut log)
+                .await?
+        }
     };
     let env_hash = hash::env_hash_with(&plan, &co.files, &req.env_settings(&plan, &base_id));
     let env_image = format!("berth-env:{env_hash}");
@@ -1007,8 +1044,22 @@ async fn build_inner(
     } else {
         report(BuildEvent::Phase(Phase::BuildingEnv));
         let dockerfile_text = dockerfile(req, &co, &plan);
-        let ctx = context::env_context(&plan, &co.files, &dockerfile_text, ca.as_deref())
-            .map_err(|e| BuildError::Internal(e.to_string()))?;
+        let sources = req.offline.as_deref().filter(|_| plan.dockerfile.is_none());
+        let ctx = context::env_context_with_sources(
+            &plan,
+            &co.files,
+            &dockerfile_text,
+            ca.as_deref(),
+            sources,
+        )
+        .map_err(|e| match sources {
+            Some(dir) => BuildError::InvalidSetting {
+                option: "--offline",
+                value: dir.display().to_string(),
+                reason: format!("cannot read the sources folder: {e}"),
+            },
+            None => BuildError::Internal(e.to_string()),
+        })?;
         let dockerfile_path = plan
             .dockerfile
             .clone()
@@ -1023,7 +1074,7 @@ async fn build_inner(
         }
         l.insert(labels::KIND.to_string(), "env".into());
         let span = info_span!("build_env", %env_hash);
-        engine
+        builder
             .build(
                 ctx,
                 &env_image,
@@ -1078,7 +1129,7 @@ async fn build_inner(
             let ctx = context::repo_context(&plan, &co.files, &df)
                 .map_err(|e| BuildError::Internal(e.to_string()))?;
             let span = info_span!("build_repo", tree = %co.tree);
-            engine
+            builder
                 .build(
                     ctx,
                     &name,

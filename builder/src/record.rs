@@ -90,6 +90,29 @@ pub struct Provenance {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Starts the created container `id` and waits for it to exit; returns its exit status.
+///
+/// # Errors
+/// [`BuildError::Engine`].
+pub(crate) async fn start_and_wait(docker: &bollard::Docker, id: &str) -> Result<i64, BuildError> {
+    use bollard::query_parameters::WaitContainerOptionsBuilder;
+    let eng = |e: bollard::errors::Error| BuildError::Engine(e.to_string());
+    docker
+        .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(eng)?;
+    let mut wait = docker.wait_container(id, Some(WaitContainerOptionsBuilder::new().build()));
+    let mut code = 0;
+    while let Some(r) = wait.next().await {
+        match r {
+            Ok(w) => code = w.status_code,
+            Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => code = c,
+            Err(e) => return Err(eng(e)),
+        }
+    }
+    Ok(code)
+}
+
 /// sha256 (hex) of a package record's bytes, the value of the `berth.packages` label.
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -163,7 +186,7 @@ pub async fn read_image_file(
 
 /// Creates (never starts) a container labelled `berth.role=tool`, so `docker ps -a` tells
 /// what it is should a crash leave it.
-async fn create(
+pub(crate) async fn create(
     engine: &Engine,
     mut body: ContainerCreateBody,
 ) -> Result<bollard::models::ContainerCreateResponse, BuildError> {
@@ -177,7 +200,7 @@ async fn create(
         .map_err(|e| BuildError::Engine(e.to_string()))
 }
 
-async fn remove(engine: &Engine, id: &str) -> Result<(), BuildError> {
+pub(crate) async fn remove(engine: &Engine, id: &str) -> Result<(), BuildError> {
     engine
         .docker()
         .remove_container(
@@ -269,7 +292,7 @@ pub async fn run_in_image(
     env: Vec<String>,
 ) -> Result<(i64, String, String), BuildError> {
     use bollard::container::LogOutput;
-    use bollard::query_parameters::{LogsOptionsBuilder, WaitContainerOptionsBuilder};
+    use bollard::query_parameters::LogsOptionsBuilder;
     let docker = engine.docker();
     let eng = |e: bollard::errors::Error| BuildError::Engine(e.to_string());
     let created = create(
@@ -285,22 +308,7 @@ pub async fn run_in_image(
     .await?;
     let id = created.id;
     let result = async {
-        docker
-            .start_container(
-                &id,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .map_err(eng)?;
-        let mut wait = docker.wait_container(&id, Some(WaitContainerOptionsBuilder::new().build()));
-        let mut code = 0;
-        while let Some(r) = wait.next().await {
-            match r {
-                Ok(w) => code = w.status_code,
-                Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => code = c,
-                Err(e) => return Err(eng(e)),
-            }
-        }
+        let code = start_and_wait(docker, &id).await?;
         let mut logs = docker.logs(
             &id,
             Some(LogsOptionsBuilder::new().stdout(true).stderr(true).build()),
@@ -313,7 +321,7 @@ pub async fn run_in_image(
                 _ => {}
             }
         }
-        Ok((code, out, err))
+        Ok::<_, BuildError>((code, out, err))
     }
     .await;
     let removed = remove(engine, &id).await;

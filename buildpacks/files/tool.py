@@ -6,6 +6,10 @@ Commands:
   prune-dashboard       remove from the dashboard folder every distribution the kernel
                         environment has too, so the scheduler sees one version of each
   jupyter PREFIX        write berth's Jupyter server configuration into PREFIX
+  offline-clean         after an offline build: remove the uv_cache.json uv writes into the
+                        metadata of distributions installed from local files (the wheelhouse),
+                        and its line in their RECORD, so their metadata is what an install
+                        from an index writes
   run FILE -- CMD...    run CMD; when it fails, print one line `berth-error: FILE: <reason>`
                         from its output (the package and the cause), then exit with its status
 """
@@ -78,6 +82,23 @@ def record(path):
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
         f.write("\n")
+
+
+def offline_clean():
+    prefixes = site_packages(KERNEL) + site_packages(SERVER) + [DASHBOARD]
+    for prefix in prefixes:
+        for info in sorted(glob.glob(os.path.join(prefix, "*.dist-info"))):
+            cache = os.path.join(info, "uv_cache.json")
+            if not os.path.isfile(cache):
+                continue
+            os.remove(cache)
+            record_file = os.path.join(info, "RECORD")
+            if os.path.isfile(record_file):
+                entry = os.path.basename(info) + "/uv_cache.json,"
+                with open(record_file) as f:
+                    lines = f.readlines()
+                with open(record_file, "w") as f:
+                    f.writelines(l for l in lines if not l.startswith(entry))
 
 
 def _top_levels(d):
@@ -177,6 +198,21 @@ def summary(lines):
     return out if len(out) <= 400 else out[:399] + "…"
 
 
+def offline_cause(text):
+    """In an offline build (BERTH_OFFLINE set), the distribution the sources folder lacks, as
+    `NAME[==VERSION] is not in the offline wheelhouse`; None for other failures."""
+    joined = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in text)
+    m = re.search(r"Because ([A-Za-z0-9._-]+) was not found in the (?:cache|provided package locations)", joined)
+    if m:
+        name = m.group(1)
+        pin = re.search(r"you require " + re.escape(name) + r"(==[^\s,]+)", joined)
+        return name + (pin.group(1) if pin else "") + " is not in the offline wheelhouse"
+    m = re.search(r"No matching distribution found for ([^\s]+)", joined)
+    if m:
+        return m.group(1) + " is not in the offline wheelhouse"
+    return None
+
+
 def run(file, cmd):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail = []
@@ -188,13 +224,16 @@ def run(file, cmd):
     code = proc.wait()
     if code != 0:
         sys.stdout.flush()
-        print(f"berth-error: {file}: {summary(tail)}", flush=True)
+        cause = offline_cause(tail) if os.environ.get("BERTH_OFFLINE") else None
+        print(f"berth-error: {file}: {cause or summary(tail)}", flush=True)
     return code
 
 
 def main(argv):
     if argv[:1] == ["record"] and len(argv) == 2:
         record(argv[1])
+    elif argv == ["offline-clean"]:
+        offline_clean()
     elif argv == ["prune-dashboard"]:
         prune_dashboard()
     elif argv[:1] == ["jupyter"] and len(argv) == 2:

@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 pub use conda::{conda_to_pypi, CondaMapping};
 pub use render::{render_dockerfile, template_source, RenderOptions, ENTRYPOINT_SCRIPT};
 pub use repo::{FileEntry, RepoFiles};
-pub use support::{context_files, server_lock, ContextFile, PACKAGES_RECORD};
+pub use support::{
+    context_files, offline_context_files, server_lock, ContextFile, OFFLINE_SOURCES_DIR,
+    PACKAGES_RECORD,
+};
 
 /// Version of the buildpack rules; it enters every env hash, so bump it whenever a rendered
 /// Dockerfile or a plan's meaning changes.

@@ -3,6 +3,7 @@
 use minijinja::{context, Environment};
 use serde::{Deserialize, Serialize};
 
+use crate::support::OFFLINE_SOURCES_DIR;
 use crate::{
     BuildPlan, LocalInstall, Lock, RepoFiles, ServerEnv, BUILDPACK_VERSION, DASHBOARD_DIR,
     JUPYTER_DATA_DIR, KERNEL_PACKAGES, PACKAGES_RECORD, REPOSITORY_SERVER_PACKAGES, SERVER_DIR,
@@ -44,6 +45,12 @@ pub struct RenderOptions {
     /// The user's login name (`--user-name`); `jovyan` by default, as repo2docker. `$HOME` is
     /// `/home/<user_name>`.
     pub user_name: String,
+    /// An offline build (`berth build --offline`): the Dockerfile takes every Debian package
+    /// and Python distribution from the build context's `berth/sources/` (copied to
+    /// [`OFFLINE_SOURCES_DIR`], see [`offline_context_files`](crate::offline_context_files)) and reaches no network. How the
+    /// image is built, not what: it stays out of the env hash.
+    #[serde(default)]
+    pub offline: bool,
 }
 
 impl Default for RenderOptions {
@@ -54,6 +61,7 @@ impl Default for RenderOptions {
             ca_cert: false,
             user_id: 1000,
             user_name: "jovyan".into(),
+            offline: false,
         }
     }
 }
@@ -230,6 +238,8 @@ pub fn render_dockerfile(plan: &BuildPlan, repo: &RepoFiles, opts: &RenderOption
         python => python,
         user_id => opts.user_id,
         user_name => opts.user_name,
+        offline => opts.offline,
+        sources_dir => OFFLINE_SOURCES_DIR,
         berth_server => plan.server == ServerEnv::Berth,
         server_locked => crate::server_lock(&python).is_some(),
         kernel_packages => KERNEL_PACKAGES.join(", "),

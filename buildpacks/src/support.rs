@@ -19,6 +19,11 @@ const LOCKS: &[(&str, &str)] = &[
 ];
 
 const TOOL: &str = include_str!("../files/tool.py");
+const OFFLINE_APT: &str = include_str!("../files/offline-apt-install.sh");
+
+/// Where an offline build's Dockerfile copies the sources folder (`wheels/`, `debs/` and
+/// berth's helpers); removed again before the build's last step.
+pub const OFFLINE_SOURCES_DIR: &str = "/opt/berth/sources";
 const DASK_HOOK: &str = include_str!("../files/berth_dask.py");
 const DASK_HOOK_PTH: &str = include_str!("../files/berth_dask.pth");
 
@@ -89,6 +94,26 @@ pub fn context_files(plan: &BuildPlan) -> Vec<ContextFile> {
         mode: 0o644,
     });
     out
+}
+
+/// berth's helpers an offline build's context carries beside the sources folder:
+/// `berth/sources/tool.py` (the build helper, usable before `/opt/berth/tool.py` is in place)
+/// and `berth/sources/apt-install` (installs Debian packages from the `.deb` files in
+/// `berth/sources/debs/`). Not part of the env hash: an offline build makes the same
+/// environment.
+pub fn offline_context_files() -> Vec<ContextFile> {
+    vec![
+        ContextFile {
+            path: "berth/sources/tool.py",
+            data: TOOL.as_bytes().to_vec(),
+            mode: 0o644,
+        },
+        ContextFile {
+            path: "berth/sources/apt-install",
+            data: OFFLINE_APT.as_bytes().to_vec(),
+            mode: 0o755,
+        },
+    ]
 }
 
 #[cfg(test)]

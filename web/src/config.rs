@@ -67,6 +67,16 @@ pub struct Config {
     /// Most processes in each build step's container; `null` for none. By default the builder's
     /// (4096).
     pub build_pids: Option<u64>,
+    /// Offer each launched environment for download as a berth bundle (one tar file with the
+    /// image as an OCI image layout, the repository as a git bundle and berth's manifest; what
+    /// `berth export` writes, without sources): `GET /export/<provider>/<spec>?token=<session
+    /// token>`, and an `export_url` in the `ready` event. Off by default, when `/export/…`
+    /// answers 404. Only a holder of the token of a live session of that spec launched by this
+    /// server gets it. Each image is exported once, into `<cache dir>/bundles/<image id
+    /// hex>.berth.tar` (berth's cache folder, `BERTH_CACHE_DIR`), which may take about the
+    /// image's size on disk; the folder can be emptied at any time (files are made again on
+    /// demand).
+    pub export: bool,
 }
 
 impl Default for Config {
@@ -98,6 +108,7 @@ impl Default for Config {
             build_timeout_seconds: berth_builder::DEFAULT_BUILD_TIMEOUT.as_secs(),
             build_memory_bytes: berth_builder::BuildLimits::default().memory_bytes,
             build_pids: berth_builder::BuildLimits::default().pids,
+            export: false,
         }
     }
 }

@@ -1,11 +1,12 @@
-//! The Docker engine behind the server, as its [`Builder`] and session [`Backend`]. The
-//! connection is made on first need and kept, so the server starts (and says so in `/health`)
-//! while the engine is down.
+//! The Docker engine behind the server, as its [`Builder`], session [`Backend`] and
+//! [`Exporter`]. The connection is made on first need and kept, so the server starts (and says
+//! so in `/health`) while the engine is down.
 
 use berth_builder::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Engine};
 use berth_launcher::{Backend, DockerBackend, LaunchError, Session, SessionSpec};
 
 use crate::builds::Builder;
+use crate::export::Exporter;
 
 /// The Docker engine, connected lazily.
 #[derive(Default)]
@@ -58,6 +59,24 @@ impl Builder for DockerEngine {
             Ok(e) => e.docker().ping().await.is_ok(),
             Err(_) => false,
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Exporter for DockerEngine {
+    async fn image_id(&self, image: &str) -> Result<Option<String>, berth_bundle::BundleError> {
+        let engine = self.engine().await?;
+        Ok(engine.image(image).await?.map(|i| i.id))
+    }
+
+    async fn export(
+        &self,
+        image: &str,
+        out: &std::path::Path,
+        opts: &berth_bundle::ExportOptions,
+    ) -> Result<berth_bundle::ExportSummary, berth_bundle::BundleError> {
+        let engine = self.engine().await?;
+        berth_bundle::export(&engine, image, out, opts, std::sync::Arc::new(|_| {})).await
     }
 }
 

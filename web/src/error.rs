@@ -49,6 +49,23 @@ pub enum WebError {
     /// The session backend (the container engine) cannot be reached.
     #[error("the session backend is unavailable: {0}")]
     Backend(String),
+    /// `/export/…` on a server whose operator has not enabled `export`.
+    #[error("this server does not offer environments for download (its operator can enable it with `export: true` in its configuration)")]
+    ExportOff,
+    /// `/export/…` without a session token.
+    #[error("downloading an environment needs the token of a running session of it (?token=… or Authorization: token …)")]
+    ExportTokenMissing,
+    /// `/export/…` with a token that is no live session's of that spec launched by this server.
+    #[error(
+        "this token is not that of a running session of this repository and ref on this server"
+    )]
+    ExportTokenWrong,
+    /// The session's image is no longer in the engine.
+    #[error("the session's image is no longer on this server")]
+    ImageGone,
+    /// The export failed (details in the server's log, which may name its own paths).
+    #[error("the environment could not be exported: {0}")]
+    Export(String),
 }
 
 impl WebError {
@@ -61,14 +78,19 @@ impl WebError {
             WebError::NotEventStream | WebError::BadPath(_) | WebError::BadWebSocket => {
                 StatusCode::BAD_REQUEST
             }
-            WebError::NoSession => StatusCode::NOT_FOUND,
+            WebError::NoSession | WebError::ExportOff | WebError::ImageGone => {
+                StatusCode::NOT_FOUND
+            }
             WebError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             WebError::TokenMissing
             | WebError::TokenWrong
             | WebError::CrossOrigin(_)
-            | WebError::Xsrf => StatusCode::FORBIDDEN,
+            | WebError::Xsrf
+            | WebError::ExportTokenMissing
+            | WebError::ExportTokenWrong => StatusCode::FORBIDDEN,
             WebError::SessionDown => StatusCode::BAD_GATEWAY,
             WebError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WebError::Export(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

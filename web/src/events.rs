@@ -93,6 +93,11 @@ pub struct Ready {
     /// `get_resolved_spec`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub binder_persistent_request: Option<String>,
+    /// berth's own field, when the operator enabled `export`: the URL that downloads the
+    /// session's environment as a berth bundle (`<public URL>/export/<provider>/<spec>?token=…`,
+    /// with the session's token). BinderHub's clients ignore it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_url: Option<String>,
 }
 
 impl Event {

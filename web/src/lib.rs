@@ -1,6 +1,7 @@
 //! berth's web server: the launch form, BinderHub-compatible launch URLs (`/v2/…`) and
 //! event-stream build API (`/build/…`), badges, health, versions, Prometheus metrics, and a proxy
-//! to sessions at `/user/<session>/…` (HTTP and WebSocket).
+//! to sessions at `/user/<session>/…` (HTTP and WebSocket); when the operator enables it,
+//! downloads of a session's environment as a berth bundle at `/export/…` ([`export`]).
 //!
 //! Builds go through a [`Builder`] and sessions through a [`berth_launcher::Backend`], both
 //! trait objects in [`AppState`]: the server uses the Docker engine ([`engine::DockerEngine`]),
@@ -12,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod policy;
 pub mod providers;
 mod proxy;
@@ -40,6 +42,7 @@ pub use builds::Builder;
 pub use config::Config;
 pub use error::{ApiError, WebError};
 pub use events::{Event, Ready};
+pub use export::Exporter;
 use providers::RepoSpec;
 
 /// What every request handler shares.
@@ -54,6 +57,7 @@ pub struct AppState {
     /// Session id → (Jupyter server URL, token), filled from the backend on first use.
     sessions: Mutex<HashMap<String, (String, String)>>,
     http: reqwest::Client,
+    exports: export::Exports,
 }
 
 /// Errors of starting the server.
@@ -91,7 +95,7 @@ impl AppState {
             tracing::warn!(error = %e, "the Docker engine is not reachable yet");
             eprintln!("warning: {e}");
         }
-        Self::with_parts(config, engine.clone(), engine)
+        Self::with_exporter(config, engine.clone(), engine.clone(), Some(engine))
     }
 
     /// The state of a server whose sessions run on `backend` and whose images `builder` builds.
@@ -103,6 +107,20 @@ impl AppState {
         config: Config,
         backend: Arc<dyn Backend>,
         builder: Arc<dyn Builder>,
+    ) -> Result<Arc<Self>, ServeError> {
+        Self::with_exporter(config, backend, builder, None)
+    }
+
+    /// As [`AppState::with_parts`], with the [`Exporter`] of `/export/…` (without one,
+    /// `/export/…` answers 404 as when the configuration's `export` is off).
+    ///
+    /// # Errors
+    /// As [`AppState::with_parts`].
+    pub fn with_exporter(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        builder: Arc<dyn Builder>,
+        exporter: Option<Arc<dyn Exporter>>,
     ) -> Result<Arc<Self>, ServeError> {
         let compile = |ps: &[String]| {
             ps.iter()
@@ -131,6 +149,7 @@ impl AppState {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
+            exports: export::Exports::new(exporter),
         }))
     }
 
@@ -186,6 +205,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(home))
         .route("/v2/{provider}/{*spec}", get(loading_page))
         .route("/build/{provider}/{*spec}", get(build_events))
+        .route("/export/{provider}/{*spec}", get(export::download))
         .route("/badge.svg", get(|| async { svg(BADGE_SVG) }))
         .route("/badge_logo.svg", get(|| async { svg(BADGE_LOGO_SVG) }))
         .route("/health", get(health))
@@ -312,9 +332,9 @@ impl LaunchQuery {
     }
 }
 
-/// The provider and the spec of `/v2/<provider>/<spec>` or `/build/<provider>/<spec>` as sent,
-/// still percent-encoded (axum's path extractor decodes, which would lose the difference between
-/// `/` and `%2F` that BinderHub's specs rely on).
+/// The provider and the spec of `/v2/<provider>/<spec>`, `/build/<provider>/<spec>` or
+/// `/export/<provider>/<spec>` as sent, still percent-encoded (axum's path extractor decodes,
+/// which would lose the difference between `/` and `%2F` that BinderHub's specs rely on).
 fn raw_spec(uri: &Uri) -> (String, String) {
     let path = uri.path().trim_start_matches('/');
     let rest = path.split_once('/').map_or("", |(_, r)| r);
@@ -554,8 +574,22 @@ async fn run_request(
             session.id.clone(),
             (session.server_url.clone(), session.token.clone()),
         );
+    state.exports.launched(
+        &session.id,
+        export::Launched {
+            token: session.token.clone(),
+            repo_url: berth_builder::redact_url(&repo.repo_url),
+            reference: repo.reference.clone(),
+            image: image.clone(),
+            commit: commit.clone(),
+        },
+    );
     let public = state.config.public_url();
     let url = format!("{public}/user/{}/", session.id);
+    let export_url = state
+        .config
+        .export
+        .then(|| export::export_url(&public, &repo, &session.token));
     let ready = Ready {
         message: format!("server running at {url}\n"),
         url: Some(url),
@@ -568,6 +602,7 @@ async fn run_request(
         binder_request: Some(repo.request()),
         binder_persistent_request: Some(repo.persistent_request(&commit)),
         image_name: None,
+        export_url,
     };
     if tx.send(Event::Ready(Box::new(ready))).await.is_err() {
         tracing::info!(session = %session.id, "client left before the session was ready; stopping it");

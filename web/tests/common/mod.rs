@@ -276,14 +276,24 @@ pub struct Server {
 
 impl Server {
     pub async fn start(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        builder: Arc<dyn Builder>,
+    ) -> Self {
+        Self::start_with_exporter(config, backend, builder, None).await
+    }
+
+    /// As [`Server::start`], with an exporter for `/export/…`.
+    pub async fn start_with_exporter(
         mut config: Config,
         backend: Arc<dyn Backend>,
         builder: Arc<dyn Builder>,
+        exporter: Option<Arc<dyn berth_web::Exporter>>,
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         config.listen = addr.to_string();
-        let state = AppState::with_parts(config, backend, builder).unwrap();
+        let state = AppState::with_exporter(config, backend, builder, exporter).unwrap();
         let app = berth_web::router(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -1,0 +1,741 @@
+//! The bundle's tar framing: a writer whose blobs are named by their sha256 while they stream,
+//! and a strict reader that checks every byte.
+//!
+//! Entries are ustar regular files, owner 0:0, mode 0644, one fixed mtime, in the order they
+//! were added. Every name fits ustar's 100-byte field (blobs are `blobs/sha256/<64 hex>`), so
+//! there are no extension headers. The last entry is [`SEAL`]: `sha256:<hex>\n`, the sha256 of
+//! every header block before it, in order, followed by the contents of [`BERTH_MANIFEST`]. The
+//! manifest lists the sha256 of every other entry, blobs are named by theirs, and the reader
+//! checks that padding and the end-of-archive blocks are zeros: so every byte of the file is
+//! covered.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::BundleError;
+
+/// The name of berth's manifest inside the file.
+pub const BERTH_MANIFEST: &str = "berth.json";
+/// The name of the seal entry, the file's last.
+pub const SEAL: &str = "berth.seal";
+/// The folder of content-addressed blobs (OCI image layout).
+pub const BLOBS: &str = "blobs/sha256/";
+
+const BLOCK: usize = 512;
+
+/// Copies `r` into `w`, hashing what passes, and calling `progress` with the bytes so far.
+fn copy_hashed(
+    r: &mut dyn Read,
+    w: &mut dyn Write,
+    hasher: &mut Sha256,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+        progress(total);
+    }
+}
+
+fn header(path: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path)?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    Ok(h)
+}
+
+/// One entry written: its path, sha256 (hex) and size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Path inside the file.
+    pub path: String,
+    /// sha256 of the content, 64 hex digits.
+    pub sha256: String,
+    /// Size of the content in bytes.
+    pub bytes: u64,
+}
+
+/// Writes a bundle to `PATH.partial`, renamed to `PATH` by [`BundleWriter::finish`]; dropped
+/// unfinished (an error, a full disk, an interrupt), the partial file is removed.
+pub struct BundleWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    partial: PathBuf,
+    pos: u64,
+    mtime: u64,
+    headers: Vec<[u8; BLOCK]>,
+    blobs: HashSet<String>,
+    done: bool,
+}
+
+impl std::fmt::Debug for BundleWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleWriter")
+            .field("path", &self.path)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+impl BundleWriter {
+    /// Starts a bundle at `path`; every entry gets `mtime` (Unix seconds).
+    ///
+    /// # Errors
+    /// [`BundleError::Io`] when the partial file cannot be created.
+    pub fn create(path: &Path, mtime: u64) -> Result<Self, BundleError> {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let file = File::create(&partial).map_err(|e| BundleError::io(&partial, e))?;
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 20, file),
+            path: path.to_path_buf(),
+            partial,
+            pos: 0,
+            mtime,
+            headers: Vec::new(),
+            blobs: HashSet::new(),
+            done: false,
+        })
+    }
+
+    fn io(&self, e: io::Error) -> BundleError {
+        BundleError::io(&self.path, e)
+    }
+
+    fn pad(&mut self, size: u64) -> io::Result<()> {
+        let rem = (size % BLOCK as u64) as usize;
+        if rem != 0 {
+            self.out.write_all(&[0u8; BLOCK][..BLOCK - rem])?;
+            self.pos += (BLOCK - rem) as u64;
+        }
+        Ok(())
+    }
+
+    /// Adds a file with known content under `path`.
+    ///
+    /// # Errors
+    /// [`BundleError::Io`] on a write error.
+    pub fn add_file(&mut self, path: &str, data: &[u8]) -> Result<Written, BundleError> {
+        let h = header(path, data.len() as u64, self.mtime).map_err(|e| self.io(e))?;
+        let res: io::Result<()> = (|| {
+            self.out.write_all(h.as_bytes())?;
+            self.out.write_all(data)?;
+            self.pos += BLOCK as u64 + data.len() as u64;
+            self.pad(data.len() as u64)
+        })();
+        res.map_err(|e| self.io(e))?;
+        self.headers.push(*h.as_bytes());
+        Ok(Written {
+            path: path.into(),
+            sha256: hex::encode(Sha256::digest(data)),
+            bytes: data.len() as u64,
+        })
+    }
+
+    /// Adds `size` bytes read from `r` as a blob, `blobs/sha256/<its sha256>`: the header is
+    /// written first with a placeholder name and rewritten once the content is hashed. A blob
+    /// the file already holds is not written twice (the entry is taken back). `progress` gets
+    /// the bytes read so far.
+    ///
+    /// # Errors
+    /// [`BundleError::Io`]; [`BundleError::Invalid`] when `r` gives other than `size` bytes.
+    pub fn add_blob(
+        &mut self,
+        r: &mut dyn Read,
+        size: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Written, BundleError> {
+        let start = self.pos;
+        let placeholder = format!("{BLOBS}{}", "0".repeat(64));
+        let h = header(&placeholder, size, self.mtime).map_err(|e| self.io(e))?;
+        let mut hasher = Sha256::new();
+        let res: io::Result<u64> = (|| {
+            self.out.write_all(h.as_bytes())?;
+            copy_hashed(r, &mut self.out, &mut hasher, progress)
+        })();
+        let n = res.map_err(|e| self.io(e))?;
+        if n != size {
+            return Err(BundleError::Invalid(format!(
+                "a blob announced {size} bytes and gave {n}"
+            )));
+        }
+        let sha = hex::encode(hasher.finalize());
+        let path = format!("{BLOBS}{sha}");
+        if !self.blobs.insert(sha.clone()) {
+            // Already there: take the entry back.
+            let res: io::Result<()> = (|| {
+                self.out.flush()?;
+                let f = self.out.get_mut();
+                f.set_len(start)?;
+                f.seek(SeekFrom::Start(start))?;
+                Ok(())
+            })();
+            res.map_err(|e| self.io(e))?;
+            self.pos = start;
+            return Ok(Written {
+                path,
+                sha256: sha,
+                bytes: size,
+            });
+        }
+        self.pos += BLOCK as u64 + size;
+        let h = header(&path, size, self.mtime).map_err(|e| self.io(e))?;
+        let res: io::Result<()> = (|| {
+            self.pad(size)?;
+            self.out.flush()?;
+            let f = self.out.get_mut();
+            f.seek(SeekFrom::Start(start))?;
+            f.write_all(h.as_bytes())?;
+            f.seek(SeekFrom::Start(self.pos))?;
+            Ok(())
+        })();
+        res.map_err(|e| self.io(e))?;
+        self.headers.push(*h.as_bytes());
+        Ok(Written {
+            path,
+            sha256: sha,
+            bytes: size,
+        })
+    }
+
+    /// Adds a blob whose bytes are in memory.
+    ///
+    /// # Errors
+    /// As [`BundleWriter::add_blob`].
+    pub fn add_blob_bytes(&mut self, data: &[u8]) -> Result<Written, BundleError> {
+        self.add_blob(&mut &data[..], data.len() as u64, &mut |_| {})
+    }
+
+    /// Whether the file already holds the blob with this sha256 (hex).
+    pub fn has_blob(&self, sha256: &str) -> bool {
+        self.blobs.contains(sha256)
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.pos
+    }
+
+    /// Writes berth's manifest and the seal, ends the archive, syncs, and renames the partial
+    /// file to its name. Returns the file's size in bytes and the bundle's digest (the seal's
+    /// sha256, 64 hex digits: see [`Scan::digest`]).
+    ///
+    /// # Errors
+    /// [`BundleError::Io`].
+    pub fn finish(mut self, manifest: &[u8]) -> Result<(u64, String), BundleError> {
+        self.add_file(BERTH_MANIFEST, manifest)?;
+        let seal = seal(&self.headers, manifest);
+        self.add_file(SEAL, seal.as_bytes())?;
+        let res: io::Result<()> = (|| {
+            self.out.write_all(&[0u8; 2 * BLOCK])?;
+            self.pos += 2 * BLOCK as u64;
+            self.out.flush()?;
+            self.out.get_ref().sync_all()?;
+            std::fs::rename(&self.partial, &self.path)
+        })();
+        res.map_err(|e| self.io(e))?;
+        self.done = true;
+        Ok((self.pos, seal.trim().trim_start_matches("sha256:").to_string()))
+    }
+}
+
+impl Drop for BundleWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// The seal's content: `sha256:<hex>\n` over `headers` then `manifest`.
+fn seal(headers: &[[u8; BLOCK]], manifest: &[u8]) -> String {
+    let mut h = Sha256::new();
+    for b in headers {
+        h.update(b);
+    }
+    h.update(manifest);
+    format!("sha256:{}\n", hex::encode(h.finalize()))
+}
+
+/// One entry as the reader found it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Path inside the file.
+    pub path: String,
+    /// Offset of the content from the file's start, in bytes.
+    pub offset: u64,
+    /// Size of the content in bytes.
+    pub bytes: u64,
+    /// sha256 of the content, 64 hex digits.
+    pub sha256: String,
+}
+
+/// What a strict read of a whole bundle found.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// Every entry, in file order.
+    pub entries: Vec<Entry>,
+    /// The bytes of berth's manifest.
+    pub manifest: Vec<u8>,
+    /// The bundle's digest, 64 hex digits: the seal's sha256, over every tar header and
+    /// `berth.json`, which lists the sha256 of every other part. Two bundles with the same
+    /// digest hold the same bytes (headers, parts, padding, which must be zeros), as
+    /// byte-identical exports do.
+    pub digest: String,
+    /// The file's size in bytes.
+    pub bytes: u64,
+}
+
+/// A reader that counts what it reads.
+struct Counting<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Counting<R> {
+    fn exact(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.inner.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pos += got as u64;
+        if got == 0 {
+            return Ok(false);
+        }
+        if got < buf.len() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated"));
+        }
+        Ok(true)
+    }
+}
+
+/// Reads the whole file at `path`, checking its framing: ustar headers with good checksums,
+/// zero padding, the seal last, and nothing but zero blocks after it. Every entry's sha256 is
+/// computed; comparing them with the manifest is [`crate::verify`]'s job. `progress` gets the
+/// bytes read so far.
+///
+/// # Errors
+/// [`BundleError::NotABundle`] for a file that is no tar or has no seal;
+/// [`BundleError::Truncated`]; [`BundleError::Corrupt`] naming the part whose bytes are wrong.
+pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleError> {
+    let file = File::open(path).map_err(|e| BundleError::io(path, e))?;
+    let size = file.metadata().map_err(|e| BundleError::io(path, e))?.len();
+    let mut r = Counting {
+        inner: io::BufReader::with_capacity(1 << 20, file),
+        pos: 0,
+    };
+    let ioerr = |e: io::Error| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            BundleError::Truncated
+        } else {
+            BundleError::io(path, e)
+        }
+    };
+    let mut entries = Vec::new();
+    let mut later: Vec<usize> = Vec::new();
+    let mut headers: Vec<[u8; BLOCK]> = Vec::new();
+    let mut manifest = Vec::new();
+    let mut sealed: Option<String> = None;
+    let mut block = [0u8; BLOCK];
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let got = r.exact(&mut block).map_err(|e| match ioerr(e) {
+            // Less than one block: no tar file at all.
+            BundleError::Truncated if entries.is_empty() => {
+                BundleError::NotABundle("it is not a tar file".into())
+            }
+            other => other,
+        })?;
+        if !got {
+            // End of file without the two zero blocks.
+            return Err(if entries.is_empty() {
+                BundleError::NotABundle("the file is empty".into())
+            } else {
+                BundleError::Truncated
+            });
+        }
+        if block.iter().all(|&b| b == 0) {
+            break;
+        }
+        if sealed.is_some() {
+            return Err(BundleError::Corrupt("data after the seal".into()));
+        }
+        let header_block = block;
+        let h = tar::Header::from_byte_slice(&header_block);
+        let what = || {
+            if entries.is_empty() {
+                BundleError::NotABundle("it is not a tar file".into())
+            } else {
+                BundleError::Corrupt(format!(
+                    "the tar header after {}",
+                    entries.last().map_or("", |e: &Entry| e.path.as_str())
+                ))
+            }
+        };
+        let ok_sum = h.cksum().ok() == Some(checksum(&block));
+        if ok_sum && entries.is_empty() && canonical_first(h).is_none() {
+            // A tar file, but not one berth wrote.
+            return Err(foreign(path));
+        }
+        if !ok_sum || h.as_ustar().is_none() {
+            return Err(what());
+        }
+        if h.entry_type() != tar::EntryType::Regular {
+            return Err(what());
+        }
+        let name = h
+            .path()
+            .map_err(|_| what())?
+            .to_string_lossy()
+            .into_owned();
+        let len = h.size().map_err(|_| what())?;
+        // Only the headers this writer makes: every byte of each one is then fixed by its
+        // path, size and mtime (a flipped byte in a field tar readers ignore is caught too).
+        let mtime = h.mtime().map_err(|_| what())?;
+        let canonical = header(&name, len, mtime).map_err(|_| what())?;
+        if canonical.as_bytes() != &header_block {
+            return Err(what());
+        }
+        let offset = r.pos;
+        let mut hasher = Sha256::new();
+        let mut left = len;
+        let keep = name == BERTH_MANIFEST || name == SEAL;
+        if keep && len > 64 << 20 {
+            return Err(BundleError::Corrupt(format!("{name} is {len} bytes")));
+        }
+        let mut kept = Vec::new();
+        // Large parts are hashed afterwards, on every core; here they are skipped.
+        let deferred = !keep && len >= DEFER_BYTES;
+        if deferred {
+            r.inner
+                .seek_relative(len as i64)
+                .map_err(|e| BundleError::io(path, e))?;
+            r.pos += len;
+            left = 0;
+            later.push(entries.len());
+        }
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            if !r.exact(&mut buf[..n]).map_err(ioerr)? {
+                return Err(BundleError::Truncated);
+            }
+            hasher.update(&buf[..n]);
+            if keep {
+                kept.extend_from_slice(&buf[..n]);
+            }
+            left -= n as u64;
+            progress(r.pos);
+        }
+        let rem = (len % BLOCK as u64) as usize;
+        if rem != 0 {
+            let mut padding = [0u8; BLOCK];
+            let pad = &mut padding[..BLOCK - rem];
+            if !r.exact(pad).map_err(ioerr)? {
+                return Err(BundleError::Truncated);
+            }
+            if pad.iter().any(|&b| b != 0) {
+                return Err(BundleError::Corrupt(format!("the padding after {name}")));
+            }
+        }
+        if name == SEAL {
+            sealed = Some(String::from_utf8_lossy(&kept).into_owned());
+        } else {
+            headers.push(*h.as_bytes());
+            if name == BERTH_MANIFEST {
+                manifest = kept;
+            }
+        }
+        entries.push(Entry {
+            path: name,
+            offset,
+            bytes: len,
+            sha256: hex::encode(hasher.finalize()),
+        });
+    }
+    // The end of the archive: zero blocks only, to the end of the file.
+    loop {
+        let n = buf.len().min(1 << 16);
+        let got = {
+            let mut got = 0;
+            while got < n {
+                match r.inner.read(&mut buf[got..n]) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(BundleError::io(path, e)),
+                }
+            }
+            got
+        };
+        if got == 0 {
+            break;
+        }
+        r.pos += got as u64;
+        if buf[..got].iter().any(|&b| b != 0) {
+            return Err(BundleError::Corrupt("the end of the archive".into()));
+        }
+    }
+    let Some(sealed) = sealed else {
+        return Err(if entries.iter().any(|e| e.path == "manifest.json") {
+            BundleError::NotABundle(
+                "it is an image archive from docker save: load it with docker load"
+                    .into(),
+            )
+        } else {
+            BundleError::NotABundle("it has no berth seal".into())
+        });
+    };
+    if manifest.is_empty() && !entries.iter().any(|e| e.path == BERTH_MANIFEST) {
+        return Err(BundleError::NotABundle("it has no berth.json".into()));
+    }
+    if r.pos != size {
+        return Err(BundleError::Truncated);
+    }
+    hash_parts(path, &mut entries, &later, progress)?;
+    let expected = seal(&headers, &manifest);
+    if expected != sealed {
+        return Err(BundleError::Corrupt(
+            "berth.json or a tar header (the seal does not match)".into(),
+        ));
+    }
+    Ok(Scan {
+        entries,
+        manifest,
+        digest: expected
+            .trim()
+            .trim_start_matches("sha256:")
+            .to_string(),
+        bytes: size,
+    })
+}
+
+/// Parts at least this large (bytes) are hashed after the framing is read, in parallel.
+const DEFER_BYTES: u64 = 4 << 20;
+
+/// Hashes the content of `entries[i]` for each `i` in `which`, on as many threads as there are
+/// cores (each reading its own share of the file), and stores the sha256 in each entry.
+/// `progress` gets the bytes hashed so far.
+fn hash_parts(
+    path: &Path,
+    entries: &mut [Entry],
+    which: &[usize],
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), BundleError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    if which.is_empty() {
+        return Ok(());
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(which.len());
+    // Largest first, each to the least loaded thread.
+    let mut order: Vec<usize> = which.to_vec();
+    order.sort_by_key(|&i| std::cmp::Reverse(entries[i].bytes));
+    let mut shares: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); threads];
+    for i in order {
+        let s = shares.iter_mut().min_by_key(|s| s.0).expect("one thread at least");
+        s.0 += entries[i].bytes;
+        s.1.push(i);
+    }
+    let done = AtomicU64::new(0);
+    let snapshot: Vec<(u64, u64)> = entries.iter().map(|e| (e.offset, e.bytes)).collect();
+    let results: Vec<Result<Vec<(usize, String)>, BundleError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .iter()
+            .map(|(_, share)| {
+                let (done, snapshot) = (&done, &snapshot);
+                scope.spawn(move || -> Result<Vec<(usize, String)>, BundleError> {
+                    let mut f = File::open(path).map_err(|e| BundleError::io(path, e))?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut out = Vec::new();
+                    for &i in share {
+                        let (offset, bytes) = snapshot[i];
+                        f.seek(SeekFrom::Start(offset))
+                            .map_err(|e| BundleError::io(path, e))?;
+                        let mut h = Sha256::new();
+                        let mut left = bytes;
+                        while left > 0 {
+                            let n = left.min(buf.len() as u64) as usize;
+                            f.read_exact(&mut buf[..n]).map_err(|e| {
+                                if e.kind() == io::ErrorKind::UnexpectedEof {
+                                    BundleError::Truncated
+                                } else {
+                                    BundleError::io(path, e)
+                                }
+                            })?;
+                            h.update(&buf[..n]);
+                            left -= n as u64;
+                            done.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        out.push((i, hex::encode(h.finalize())));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        while handles.iter().any(|h| !h.is_finished()) {
+            progress(done.load(Ordering::Relaxed));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(BundleError::Invalid("a hashing thread failed".into()))))
+            .collect()
+    });
+    for r in results {
+        for (i, sha) in r? {
+            entries[i].sha256 = sha;
+        }
+    }
+    Ok(())
+}
+
+/// `Some(())` when `h` is a header this writer makes (a regular ustar file).
+fn canonical_first(h: &tar::Header) -> Option<()> {
+    let name = h.path().ok()?.to_string_lossy().into_owned();
+    let c = header(&name, h.size().ok()?, h.mtime().ok()?).ok()?;
+    (c.as_bytes() == h.as_bytes()).then_some(())
+}
+
+/// What a tar file that berth did not write is, as an error.
+fn foreign(path: &Path) -> BundleError {
+    let names: Vec<String> = File::open(path)
+        .ok()
+        .map(|f| {
+            let mut a = tar::Archive::new(f);
+            a.entries()
+                .map(|es| {
+                    es.filter_map(|e| e.ok())
+                        .filter_map(|e| e.path().ok().map(|p| p.to_string_lossy().into_owned()))
+                        .take(100_000)
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    if names.iter().any(|n| n == "manifest.json") {
+        BundleError::NotABundle(
+            "it is an image archive from docker save: load it with docker load"
+                .into(),
+        )
+    } else {
+        BundleError::NotABundle("it is a tar file that berth did not write".into())
+    }
+}
+
+/// The ustar header checksum of `block` (the checksum field counted as spaces).
+fn checksum(block: &[u8; BLOCK]) -> u32 {
+    block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u32 })
+        .sum()
+}
+
+/// Copies the content of `entry` of the file at `path` into `w`.
+///
+/// # Errors
+/// [`BundleError::Io`].
+pub fn copy_entry(path: &Path, entry: &Entry, w: &mut dyn Write) -> Result<(), BundleError> {
+    let mut f = File::open(path).map_err(|e| BundleError::io(path, e))?;
+    f.seek(SeekFrom::Start(entry.offset))
+        .map_err(|e| BundleError::io(path, e))?;
+    let mut r = f.take(entry.bytes);
+    io::copy(&mut r, w).map_err(|e| BundleError::io(path, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, blobs: &[&[u8]]) -> PathBuf {
+        let p = dir.join("b.tar");
+        let mut w = BundleWriter::create(&p, 1_700_000_000).unwrap();
+        w.add_file("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}")
+            .unwrap();
+        for b in blobs {
+            w.add_blob(&mut &b[..], b.len() as u64, &mut |_| {}).unwrap();
+        }
+        w.finish(b"{\"format\":1}").unwrap();
+        p
+    }
+
+    #[test]
+    fn blobs_are_named_by_their_digest_and_duplicates_are_taken_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &[b"hello", b"world!", b"hello"]);
+        let s = scan(&p, &mut |_| {}).unwrap();
+        let names: Vec<&str> = s.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(names.len(), 5, "{names:?}");
+        for e in &s.entries {
+            if let Some(h) = e.path.strip_prefix(BLOBS) {
+                assert_eq!(h, e.sha256);
+            }
+        }
+        assert_eq!(s.manifest, b"{\"format\":1}");
+        // The system's tar reads it too.
+        let mut a = tar::Archive::new(File::open(&p).unwrap());
+        assert_eq!(a.entries().unwrap().count(), 5);
+        // Same input, same bytes.
+        let d2 = tempfile::tempdir().unwrap();
+        let p2 = write(d2.path(), &[b"hello", b"world!", b"hello"]);
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(&p2).unwrap());
+    }
+
+    #[test]
+    fn large_parts_are_hashed_in_parallel_and_a_changed_byte_shows() {
+        let d = tempfile::tempdir().unwrap();
+        let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let p = write(d.path(), &[&big, &big[..5 << 20], b"small"]);
+        let s = scan(&p, &mut |_| {}).unwrap();
+        let blobs: Vec<&Entry> = s.entries.iter().filter(|e| e.path.starts_with(BLOBS)).collect();
+        assert_eq!(blobs.len(), 3);
+        for e in &blobs {
+            assert_eq!(e.path.strip_prefix(BLOBS), Some(e.sha256.as_str()));
+        }
+        let mut bytes = std::fs::read(&p).unwrap();
+        let at = (blobs[0].offset + (7 << 20)) as usize;
+        bytes[at] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        let s = scan(&p, &mut |_| {}).unwrap();
+        let e = &s.entries[1];
+        assert_ne!(e.path.strip_prefix(BLOBS), Some(e.sha256.as_str()));
+    }
+
+    #[test]
+    fn a_truncated_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), &[b"hello", b"world!"]);
+        let good = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &good[..good.len() - 700]).unwrap();
+        assert!(matches!(scan(&p, &mut |_| {}), Err(BundleError::Truncated)));
+        std::fs::write(&p, b"short").unwrap();
+        assert!(matches!(scan(&p, &mut |_| {}), Err(BundleError::NotABundle(_))));
+    }
+}
