@@ -120,12 +120,16 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             .labels
             .get(labels::ENV_HASH)
             .map(|h| format!("berth-env:{h}"))
-            .with_context(|| format!("{image} was not built by berth: it has no sources to bundle"))?;
+            .with_context(|| {
+                format!("{image} was not built by berth: it has no sources to bundle")
+            })?;
         let base = info
             .labels
             .get(labels::BASE_IMAGE)
             .cloned()
-            .with_context(|| format!("{image} records no base image: it has no sources to bundle"))?;
+            .with_context(|| {
+                format!("{image} records no base image: it has no sources to bundle")
+            })?;
         eprintln!("berth: collecting sources (wheels, Debian packages)");
         let mut log = |line: &str| tracing::debug!("{line}");
         let s = berth_builder::sources::collect(&engine, &env_image, &base, tmp.path(), &mut log)
@@ -208,7 +212,11 @@ pub(crate) async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let imported = import_with_progress(&engine, &args.file, &opts).await?;
     eprintln!(
         "berth: {} {} (bundle digest {}) in {:.1} s",
-        if imported.loaded { "loaded" } else { "already had" },
+        if imported.loaded {
+            "loaded"
+        } else {
+            "already had"
+        },
         imported.image,
         imported.digest,
         imported.seconds
@@ -234,14 +242,21 @@ pub(crate) async fn outcome_of_bundle(
         image: imported.image.clone(),
         env_image: imported.env_image.clone().unwrap_or_default(),
         env_hash: m.env_hash.clone().unwrap_or_default(),
-        commit: m.repo.as_ref().map(|r| r.commit.clone()).unwrap_or_default(),
+        commit: m
+            .repo
+            .as_ref()
+            .map(|r| r.commit.clone())
+            .unwrap_or_default(),
         buildpack: m.buildpack.clone().unwrap_or_default(),
         cached_env: !imported.loaded,
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((
         outcome,
-        (BUNDLE_LABEL.to_string(), format!("sha256:{}", imported.digest)),
+        (
+            BUNDLE_LABEL.to_string(),
+            format!("sha256:{}", imported.digest),
+        ),
         m,
     ))
 }
@@ -276,7 +291,9 @@ pub(crate) async fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| tmp.path().join("sources"));
     let fill = !sources.exists()
-        || std::fs::read_dir(&sources).map(|mut d| d.next().is_none()).unwrap_or(true);
+        || std::fs::read_dir(&sources)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
     // The base image (the environment's root file system) from the bundle; the images
     // themselves are not needed: they are what is rebuilt.
     let opts = ImportOptions {
@@ -287,25 +304,35 @@ pub(crate) async fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let file = args.file.clone();
     let (v, m) = {
         let p = file.clone();
-        let v = tokio::task::spawn_blocking(move || berth_bundle::verify(&p, &mut |_| {}))
-            .await??;
+        let v =
+            tokio::task::spawn_blocking(move || berth_bundle::verify(&p, &mut |_| {})).await??;
         let m = v.manifest.clone();
         (v, m)
     };
-    if m.base_image.is_none() || !m.parts.iter().any(|p| p.kind == "wheel" || p.kind == "sdist") {
+    if m.base_image.is_none()
+        || !m
+            .parts
+            .iter()
+            .any(|p| p.kind == "wheel" || p.kind == "sdist")
+    {
         anyhow::bail!(
             "{} has no sources: export it with --sources to rebuild it offline",
             file.display()
         );
     }
     let imported = import_with_progress(&engine, &file, &opts).await?;
-    let base_ref = imported.base_image.clone().context("the bundle has no base image")?;
+    let base_ref = imported
+        .base_image
+        .clone()
+        .context("the bundle has no base image")?;
     // The repository at its commit, from the bundle's git bundle.
     let repo_part = m
         .parts_of("repo")
         .next()
         .context("the bundle has no repository (git bundle)")?;
-    let entry = v.entry(&repo_part.path).context("the bundle lacks its git bundle")?;
+    let entry = v
+        .entry(&repo_part.path)
+        .context("the bundle lacks its git bundle")?;
     let gb = tmp.path().join("repo.bundle");
     {
         let mut f = std::fs::File::create(&gb)?;
@@ -313,7 +340,10 @@ pub(crate) async fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     }
     let repo_dir = tmp.path().join("repo.git");
     let commit = berth_bundle::gitbundle::unbundle(&gb, &repo_dir)?;
-    let info = m.repo.clone().context("the bundle does not say where its repository came from")?;
+    let info = m
+        .repo
+        .clone()
+        .context("the bundle does not say where its repository came from")?;
 
     let mut req = berth_builder::BuildRequest::new(repo_dir.to_string_lossy().into_owned());
     req.reference = Some(commit.clone());
@@ -362,12 +392,20 @@ pub(crate) async fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "berth: env hash {} ({})",
         outcome.env_hash,
-        if same_hash { "the same as the bundle's" } else { "DIFFERENT from the bundle's" }
+        if same_hash {
+            "the same as the bundle's"
+        } else {
+            "DIFFERENT from the bundle's"
+        }
     );
     eprintln!(
         "berth: kernel environment: {} packages, {}",
         after.len(),
-        if same_packages { "identical to the bundle's" } else { "DIFFERENT from the bundle's" }
+        if same_packages {
+            "identical to the bundle's"
+        } else {
+            "DIFFERENT from the bundle's"
+        }
     );
     for p in &removed {
         eprintln!("  - {p}");
@@ -398,4 +436,3 @@ pub(crate) async fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     })
 }
-

@@ -84,7 +84,11 @@ fn refused(out: &std::process::Output, needle: &str) {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert_eq!(stderr.lines().last(), Some(errors[0]), "{stderr}");
-    assert!(errors[0].contains(needle), "{needle:?} not in {}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "{needle:?} not in {}",
+        errors[0]
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -97,20 +101,51 @@ fn the_bundle_is_an_oci_layout_with_berths_manifest_and_the_repository() {
     assert_eq!(m["buildpack"], "conda");
     assert_eq!(m["image"]["name"], e.image.as_str());
     assert_eq!(m["env_image"]["name"], e.env_image.as_str());
-    assert!(m["base_image"]["name"].as_str().unwrap().starts_with("berth-base:"));
+    assert!(m["base_image"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("berth-base:"));
     assert_eq!(m["repo"]["url"], fixture("conda").to_str().unwrap());
-    assert!(m["python_actual"].as_str().unwrap().starts_with("3."), "{}", m["python_actual"]);
+    assert!(
+        m["python_actual"].as_str().unwrap().starts_with("3."),
+        "{}",
+        m["python_actual"]
+    );
     let kernel = m["packages"]["kernel"].as_array().unwrap();
     assert!(kernel.iter().any(|p| p["name"] == "distributed"));
-    assert!(m["packages"]["server"].as_array().unwrap().iter().any(|p| p["name"] == "jupyterlab"));
-    let kinds: Vec<&str> = m["parts"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
-    for k in ["oci-layout", "index", "docker-manifest", "layer", "config", "manifest", "repo", "wheel", "deb"] {
+    assert!(m["packages"]["server"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "jupyterlab"));
+    let kinds: Vec<&str> = m["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "oci-layout",
+        "index",
+        "docker-manifest",
+        "layer",
+        "config",
+        "manifest",
+        "repo",
+        "wheel",
+        "deb",
+    ] {
         assert!(kinds.contains(&k), "no {k} part: {kinds:?}");
     }
     // uv itself is in the wheelhouse.
-    assert!(m["parts"].as_array().unwrap().iter().any(|p| p["name"].as_str().is_some_and(|n| n.starts_with("wheels/uv-"))));
+    assert!(m["parts"].as_array().unwrap().iter().any(|p| p["name"]
+        .as_str()
+        .is_some_and(|n| n.starts_with("wheels/uv-"))));
     // The OCI index names the three images.
-    let out = Command::new("tar").args(["-xOf", e.file.to_str().unwrap(), "index.json"]).output().unwrap();
+    let out = Command::new("tar")
+        .args(["-xOf", e.file.to_str().unwrap(), "index.json"])
+        .output()
+        .unwrap();
     let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(index["schemaVersion"], 2);
     assert_eq!(index["manifests"].as_array().unwrap().len(), 3);
@@ -119,15 +154,27 @@ fn the_bundle_is_an_oci_layout_with_berths_manifest_and_the_repository() {
         e.image.as_str()
     );
     // git reads the repository part, and it holds the commit built.
-    let repo = m["parts"].as_array().unwrap().iter().find(|p| p["kind"] == "repo").unwrap();
+    let repo = m["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "repo")
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("repo.bundle");
     let out = Command::new("tar")
-        .args(["-xOf", e.file.to_str().unwrap(), repo["path"].as_str().unwrap()])
+        .args([
+            "-xOf",
+            e.file.to_str().unwrap(),
+            repo["path"].as_str().unwrap(),
+        ])
         .output()
         .unwrap();
     std::fs::write(&bundle, &out.stdout).unwrap();
-    git(dir.path(), &["clone", "-q", bundle.to_str().unwrap(), "clone"]);
+    git(
+        dir.path(),
+        &["clone", "-q", bundle.to_str().unwrap(), "clone"],
+    );
     let head = git(&dir.path().join("clone"), &["rev-parse", "HEAD"]);
     assert_eq!(head.trim(), m["repo"]["commit"].as_str().unwrap());
 }
@@ -142,8 +189,15 @@ fn exporting_twice_gives_the_same_bytes() {
     let mut sums = Vec::new();
     for _ in 0..2 {
         let out = run_berth(&["export", &e.image, "-o", b.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), b.to_str().unwrap());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            b.to_str().unwrap()
+        );
         sums.push(sha256(&b));
     }
     assert_eq!(sums[0], sums[1]);
@@ -153,7 +207,11 @@ fn exporting_twice_gives_the_same_bytes() {
     let at = size / 2;
     {
         use std::io::{Read, Seek, SeekFrom, Write};
-        let mut f = std::fs::File::options().read(true).write(true).open(&b).unwrap();
+        let mut f = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&b)
+            .unwrap();
         let mut byte = [0u8; 1];
         f.seek(SeekFrom::Start(at)).unwrap();
         f.read_exact(&mut byte).unwrap();
@@ -163,7 +221,11 @@ fn exporting_twice_gives_the_same_bytes() {
     }
     let out = run_berth(&["import", b.to_str().unwrap()]);
     refused(&out, "does not match its digest");
-    let line = String::from_utf8_lossy(&out.stderr).lines().last().unwrap().to_string();
+    let line = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     assert!(line.contains("blobs/sha256/"), "{line}");
     assert_eq!(all_images(), images, "nothing may be loaded");
     // Truncated.
@@ -172,7 +234,10 @@ fn exporting_twice_gives_the_same_bytes() {
     refused(&run_berth(&["import", b.to_str().unwrap()]), "truncated");
     // Not a bundle at all.
     std::fs::write(&b, b"hello, this is not a tar file at all").unwrap();
-    refused(&run_berth(&["import", b.to_str().unwrap()]), "not a berth bundle");
+    refused(
+        &run_berth(&["import", b.to_str().unwrap()]),
+        "not a berth bundle",
+    );
     // docker save's own archive is no bundle either, and says what to do.
     docker(&["save", "-o", b.to_str().unwrap(), "berth-base:bookworm"]);
     refused(&run_berth(&["import", b.to_str().unwrap()]), "docker load");
@@ -195,7 +260,14 @@ fn docker_load_and_podman_load_take_the_file_as_it_is() {
             .arg(root.path().join("root"))
             .arg("--runroot")
             .arg(root.path().join("run"))
-            .args(["--storage-driver", "overlay", "--cgroup-manager", "cgroupfs", "--events-backend", "none"])
+            .args([
+                "--storage-driver",
+                "overlay",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "none",
+            ])
             .args(args)
             .output()
             .expect("podman runs (scripts/test installs it)");
@@ -210,10 +282,18 @@ fn docker_load_and_podman_load_take_the_file_as_it_is() {
     let loaded = podman(&["load", "-i", e.file.to_str().unwrap()]);
     eprintln!("podman load: {loaded}");
     let out = podman(&[
-        "run", "--rm", "--network", "none",
-        "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=20000:20000",
+        "--ulimit",
+        "nproc=4096:4096",
         &format!("localhost/{}", e.image.trim_start_matches("localhost/")),
-        "sh", "-c", "id -u; python -c 'import numpy, distributed; print(distributed.__version__)'",
+        "sh",
+        "-c",
+        "id -u; python -c 'import numpy, distributed; print(distributed.__version__)'",
     ]);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.first(), Some(&"1000"), "{out}");
@@ -249,14 +329,30 @@ fn an_imported_bundle_runs_a_dask_sum_on_two_workers_and_rebuilds_offline() {
                   x = da.ones((4000, 4000), chunks=(500, 500)); \
                   print('workers', n, 'sum', int(x.sum().compute()))";
     let out = berth()
-        .args(["run", e.file.to_str().unwrap(), "--workers", "2", "--", "python", "-c", script])
+        .args([
+            "run",
+            e.file.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--",
+            "python",
+            "-c",
+            script,
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("workers 2 sum 16000000"), "{stdout}");
     assert!(all_images().contains(&e.image));
-    assert!(all_images().contains(&e.env_image), "the environment image is restored");
+    assert!(
+        all_images().contains(&e.env_image),
+        "the environment image is restored"
+    );
     let l = labels(&e.image);
     assert_eq!(l["berth.env_hash"], e.env_hash.as_str(), "labels restored");
 
@@ -265,7 +361,14 @@ fn an_imported_bundle_runs_a_dask_sum_on_two_workers_and_rebuilds_offline() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let sources = dir.path().join("sources");
     let out = berth()
-        .args(["rebuild", e.file.to_str().unwrap(), "--offline", "--sources-dir", sources.to_str().unwrap(), "--json"])
+        .args([
+            "rebuild",
+            e.file.to_str().unwrap(),
+            "--offline",
+            "--sources-dir",
+            sources.to_str().unwrap(),
+            "--json",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -287,13 +390,24 @@ fn an_imported_bundle_runs_a_dask_sum_on_two_workers_and_rebuilds_offline() {
     let gone: Vec<PathBuf> = std::fs::read_dir(&wheels)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{victim}-")))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{victim}-"))
+        })
         .collect();
     assert_eq!(gone.len(), 1, "{gone:?}");
     std::fs::remove_file(&gone[0]).unwrap();
     let images = all_images();
     let out = berth()
-        .args(["rebuild", e.file.to_str().unwrap(), "--offline", "--sources-dir", sources.to_str().unwrap()])
+        .args([
+            "rebuild",
+            e.file.to_str().unwrap(),
+            "--offline",
+            "--sources-dir",
+            sources.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     refused(&out, &victim);
@@ -306,17 +420,30 @@ fn bad_bundles_are_one_error_line() {
     // A bundle of a newer format (written with the bundle crate itself).
     let f = dir.path().join("newer.tar");
     let mut w = berth_bundle::archive::BundleWriter::create(&f, 0).unwrap();
-    w.add_file("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}").unwrap();
+    w.add_file("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}")
+        .unwrap();
     w.finish(br#"{"format": 99, "something": "new"}"#).unwrap();
-    refused(&run_berth(&["import", f.to_str().unwrap()]), "format version 99");
+    refused(
+        &run_berth(&["import", f.to_str().unwrap()]),
+        "format version 99",
+    );
     // An empty file.
     let f = dir.path().join("empty.tar");
     std::fs::write(&f, b"").unwrap();
-    refused(&run_berth(&["import", f.to_str().unwrap()]), "not a berth bundle");
+    refused(
+        &run_berth(&["import", f.to_str().unwrap()]),
+        "not a berth bundle",
+    );
     // A missing file.
-    refused(&run_berth(&["import", "/nonexistent/x.tar"]), "/nonexistent/x.tar");
+    refused(
+        &run_berth(&["import", "/nonexistent/x.tar"]),
+        "/nonexistent/x.tar",
+    );
     // An image the engine does not have.
-    refused(&run_berth(&["export", "berth/no-such-image:latest"]), "no-such-image");
+    refused(
+        &run_berth(&["export", "berth/no-such-image:latest"]),
+        "no-such-image",
+    );
 }
 
 #[test]
@@ -325,18 +452,34 @@ fn an_image_berth_did_not_build_exports_with_what_is_unknown() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let f = dir.path().join("base.tar");
     let out = run_berth(&["export", "berth-base:bookworm", "-o", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("warning: the bundle does not know"), "{stderr}");
+    assert!(
+        stderr.contains("warning: the bundle does not know"),
+        "{stderr}"
+    );
     let m = manifest_of(&f);
-    let unknown: Vec<&str> = m["unknown"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+    let unknown: Vec<&str> = m["unknown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
     for u in ["env_hash", "repo", "packages"] {
         assert!(unknown.contains(&u), "{unknown:?}");
     }
     assert!(m["repo"].is_null());
     // It still imports (the engine has it: nothing to load).
     let out = run_berth(&["import", f.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let i: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(i["loaded"], false);
 }
@@ -349,12 +492,27 @@ fn a_full_disk_during_export_leaves_no_partial_file() {
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
     let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt.to_str().unwrap()])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64m",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "mounting a tmpfs needs root, which the tests have");
-    let out = run_berth(&["export", "berth-base:bookworm", "-o", mnt.join("x.tar").to_str().unwrap()]);
-    let listing: Vec<_> = std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let out = run_berth(&[
+        "export",
+        "berth-base:bookworm",
+        "-o",
+        mnt.join("x.tar").to_str().unwrap(),
+    ]);
+    let listing: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     let _ = Command::new("umount").arg(&mnt).status();
     refused(&out, "no space left");
     assert!(listing.is_empty(), "left behind: {listing:?}");

@@ -8,8 +8,14 @@
 //! manifest lists the sha256 of every other entry, blobs are named by theirs, and the reader
 //! checks that padding and the end-of-archive blocks are zeros: so every byte of the file is
 //! covered.
+//!
+//! Blobs whose digests are known before they arrive (an image's layers, by their diff ids, and
+//! its config, by its id) can be given an order with [`BundleWriter::expect_order`]: they are
+//! then written in that order whatever order they arrive in. Docker's own archive names the
+//! files of a layer that several images share after whichever image the engine happened to
+//! visit first, so its order changes from one `docker save` to the next.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -84,6 +90,14 @@ pub struct BundleWriter {
     mtime: u64,
     headers: Vec<[u8; BLOCK]>,
     blobs: HashSet<String>,
+    /// The order blobs with these digests are written in; `next` is the first not written yet.
+    order: Vec<String>,
+    next: usize,
+    /// Blobs that came before their turn: sha256 → (offset, bytes) in the spill file.
+    spilled: HashMap<String, (u64, u64)>,
+    spill: Option<(PathBuf, File)>,
+    /// Bytes that went through the spill file.
+    waited: u64,
     done: bool,
 }
 
@@ -105,7 +119,14 @@ impl BundleWriter {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        let file = File::create(&partial).map_err(|e| BundleError::io(&partial, e))?;
+        // Read too: a blob that comes before its turn is copied back out (see `expect_order`).
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&partial)
+            .map_err(|e| BundleError::io(&partial, e))?;
         Ok(Self {
             out: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
@@ -114,8 +135,115 @@ impl BundleWriter {
             mtime,
             headers: Vec::new(),
             blobs: HashSet::new(),
+            order: Vec::new(),
+            next: 0,
+            spilled: HashMap::new(),
+            spill: None,
+            waited: 0,
             done: false,
         })
+    }
+
+    /// Blobs with these sha256 digests (hex), whenever they are added, are written in this
+    /// order: one that comes before its turn waits in a spill file beside the bundle
+    /// (`PATH.spill`, removed when the writer is done or dropped) until the blobs before it are
+    /// written. Blobs not in the list wait too, and are written by
+    /// [`BundleWriter::flush_waiting`] in digest order.
+    pub fn expect_order(&mut self, digests: Vec<String>) {
+        self.order = digests;
+        self.next = self
+            .order
+            .iter()
+            .position(|d| !self.blobs.contains(d))
+            .unwrap_or(self.order.len());
+    }
+
+    /// Writes every blob still waiting: those of [`BundleWriter::expect_order`]'s list in its
+    /// order (skipping the ones that never came), then the others in digest order.
+    ///
+    /// # Errors
+    /// [`BundleError::Io`].
+    pub fn flush_waiting(&mut self) -> Result<(), BundleError> {
+        let order = std::mem::take(&mut self.order);
+        let mut rest: Vec<String> = self
+            .spilled
+            .keys()
+            .filter(|k| !order.contains(k))
+            .cloned()
+            .collect();
+        rest.sort();
+        for sha in order.iter().skip(self.next).chain(rest.iter()) {
+            self.write_spilled(sha)?;
+        }
+        self.next = 0;
+        self.drop_spill();
+        Ok(())
+    }
+
+    fn drop_spill(&mut self) {
+        if let Some((path, _)) = self.spill.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Writes the waiting blob `sha` (if it waits) from the spill file.
+    fn write_spilled(&mut self, sha: &str) -> Result<(), BundleError> {
+        let Some((offset, size)) = self.spilled.remove(sha) else {
+            return Ok(());
+        };
+        let Some((path, file)) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        let path = path.clone();
+        let mut f = file.try_clone().map_err(|e| BundleError::io(&path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| BundleError::io(&path, e))?;
+        let w = self.write_blob(&mut f.take(size), size, &mut |_| {})?;
+        if w.sha256 != sha {
+            return Err(BundleError::Invalid(format!(
+                "{}: a waiting blob changed on disk",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Moves the blob just written at `start` (`size` bytes after its header) to the spill
+    /// file, and takes it back from the bundle.
+    fn to_spill(&mut self, sha: &str, start: u64, size: u64) -> io::Result<()> {
+        self.out.flush()?;
+        if self.spill.is_none() {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(".spill");
+            let path = PathBuf::from(name);
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            self.spill = Some((path, f));
+        }
+        let Some((_, spill)) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        let at = spill.seek(SeekFrom::End(0))?;
+        let mut src = self.out.get_ref().try_clone()?;
+        src.seek(SeekFrom::Start(start + BLOCK as u64))?;
+        let n = io::copy(&mut (&mut src).take(size), spill)?;
+        if n != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a blob is shorter on disk than written",
+            ));
+        }
+        self.spilled.insert(sha.to_string(), (at, size));
+        self.waited += size;
+        let f = self.out.get_mut();
+        f.set_len(start)?;
+        f.seek(SeekFrom::Start(start))?;
+        self.pos = start;
+        Ok(())
     }
 
     fn io(&self, e: io::Error) -> BundleError {
@@ -160,6 +288,58 @@ impl BundleWriter {
     /// # Errors
     /// [`BundleError::Io`]; [`BundleError::Invalid`] when `r` gives other than `size` bytes.
     pub fn add_blob(
+        &mut self,
+        r: &mut dyn Read,
+        size: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Written, BundleError> {
+        if self.order.is_empty() && self.spilled.is_empty() {
+            return self.write_blob(r, size, progress);
+        }
+        let start = self.pos;
+        let w = self.write_blob(r, size, progress)?;
+        if self.pos == start || self.spilled.contains_key(&w.sha256) {
+            // Taken back as a duplicate; or one already waiting.
+            if self.pos != start {
+                self.blobs.remove(&w.sha256);
+                self.headers.pop();
+                let res: io::Result<()> = (|| {
+                    self.out.flush()?;
+                    let f = self.out.get_mut();
+                    f.set_len(start)?;
+                    f.seek(SeekFrom::Start(start))?;
+                    Ok(())
+                })();
+                res.map_err(|e| self.io(e))?;
+                self.pos = start;
+            }
+            return Ok(w);
+        }
+        if self.order.get(self.next) == Some(&w.sha256) {
+            self.next += 1;
+            // The blobs that waited for this one.
+            while let Some(sha) = self.order.get(self.next).cloned() {
+                if self.blobs.contains(&sha) {
+                    self.next += 1;
+                } else if self.spilled.contains_key(&sha) {
+                    self.write_spilled(&sha)?;
+                    self.next += 1;
+                } else {
+                    break;
+                }
+            }
+            return Ok(w);
+        }
+        // Before its turn (or not in the order at all): it waits.
+        self.blobs.remove(&w.sha256);
+        self.headers.pop();
+        self.to_spill(&w.sha256, start, size)
+            .map_err(|e| self.io(e))?;
+        Ok(w)
+    }
+
+    /// Writes a blob where the file ends now (see [`BundleWriter::add_blob`]).
+    fn write_blob(
         &mut self,
         r: &mut dyn Read,
         size: u64,
@@ -226,9 +406,15 @@ impl BundleWriter {
         self.add_blob(&mut &data[..], data.len() as u64, &mut |_| {})
     }
 
-    /// Whether the file already holds the blob with this sha256 (hex).
+    /// Whether the file already holds the blob with this sha256 (hex), or it waits for its
+    /// turn.
     pub fn has_blob(&self, sha256: &str) -> bool {
-        self.blobs.contains(sha256)
+        self.blobs.contains(sha256) || self.spilled.contains_key(sha256)
+    }
+
+    /// Bytes of blobs that came before their turn and waited in the spill file, so far.
+    pub fn waited_bytes(&self) -> u64 {
+        self.waited
     }
 
     /// Bytes written so far.
@@ -243,6 +429,7 @@ impl BundleWriter {
     /// # Errors
     /// [`BundleError::Io`].
     pub fn finish(mut self, manifest: &[u8]) -> Result<(u64, String), BundleError> {
+        self.flush_waiting()?;
         self.add_file(BERTH_MANIFEST, manifest)?;
         let seal = seal(&self.headers, manifest);
         self.add_file(SEAL, seal.as_bytes())?;
@@ -255,12 +442,16 @@ impl BundleWriter {
         })();
         res.map_err(|e| self.io(e))?;
         self.done = true;
-        Ok((self.pos, seal.trim().trim_start_matches("sha256:").to_string()))
+        Ok((
+            self.pos,
+            seal.trim().trim_start_matches("sha256:").to_string(),
+        ))
     }
 }
 
 impl Drop for BundleWriter {
     fn drop(&mut self) {
+        self.drop_spill();
         if !self.done {
             let _ = std::fs::remove_file(&self.partial);
         }
@@ -408,11 +599,7 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
         if h.entry_type() != tar::EntryType::Regular {
             return Err(what());
         }
-        let name = h
-            .path()
-            .map_err(|_| what())?
-            .to_string_lossy()
-            .into_owned();
+        let name = h.path().map_err(|_| what())?.to_string_lossy().into_owned();
         let len = h.size().map_err(|_| what())?;
         // Only the headers this writer makes: every byte of each one is then fixed by its
         // path, size and mtime (a flipped byte in a field tar readers ignore is caught too).
@@ -503,8 +690,7 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
     let Some(sealed) = sealed else {
         return Err(if entries.iter().any(|e| e.path == "manifest.json") {
             BundleError::NotABundle(
-                "it is an image archive from docker save: load it with docker load"
-                    .into(),
+                "it is an image archive from docker save: load it with docker load".into(),
             )
         } else {
             BundleError::NotABundle("it has no berth seal".into())
@@ -526,10 +712,7 @@ pub fn scan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Scan, BundleEr
     Ok(Scan {
         entries,
         manifest,
-        digest: expected
-            .trim()
-            .trim_start_matches("sha256:")
-            .to_string(),
+        digest: expected.trim().trim_start_matches("sha256:").to_string(),
         bytes: size,
     })
 }
@@ -558,7 +741,10 @@ fn hash_parts(
     order.sort_by_key(|&i| std::cmp::Reverse(entries[i].bytes));
     let mut shares: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); threads];
     for i in order {
-        let s = shares.iter_mut().min_by_key(|s| s.0).expect("one thread at least");
+        let s = shares
+            .iter_mut()
+            .min_by_key(|s| s.0)
+            .expect("one thread at least");
         s.0 += entries[i].bytes;
         s.1.push(i);
     }
@@ -604,7 +790,10 @@ fn hash_parts(
         }
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(BundleError::Invalid("a hashing thread failed".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(BundleError::Invalid("a hashing thread failed".into())))
+            })
             .collect()
     });
     for r in results {
@@ -640,8 +829,7 @@ fn foreign(path: &Path) -> BundleError {
         .unwrap_or_default();
     if names.iter().any(|n| n == "manifest.json") {
         BundleError::NotABundle(
-            "it is an image archive from docker save: load it with docker load"
-                .into(),
+            "it is an image archive from docker save: load it with docker load".into(),
         )
     } else {
         BundleError::NotABundle("it is a tar file that berth did not write".into())
@@ -653,7 +841,13 @@ fn checksum(block: &[u8; BLOCK]) -> u32 {
     block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u32 })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u32
+            }
+        })
         .sum()
 }
 
@@ -680,7 +874,8 @@ mod tests {
         w.add_file("oci-layout", b"{\"imageLayoutVersion\":\"1.0.0\"}")
             .unwrap();
         for b in blobs {
-            w.add_blob(&mut &b[..], b.len() as u64, &mut |_| {}).unwrap();
+            w.add_blob(&mut &b[..], b.len() as u64, &mut |_| {})
+                .unwrap();
         }
         w.finish(b"{\"format\":1}").unwrap();
         p
@@ -714,7 +909,11 @@ mod tests {
         let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         let p = write(d.path(), &[&big, &big[..5 << 20], b"small"]);
         let s = scan(&p, &mut |_| {}).unwrap();
-        let blobs: Vec<&Entry> = s.entries.iter().filter(|e| e.path.starts_with(BLOBS)).collect();
+        let blobs: Vec<&Entry> = s
+            .entries
+            .iter()
+            .filter(|e| e.path.starts_with(BLOBS))
+            .collect();
         assert_eq!(blobs.len(), 3);
         for e in &blobs {
             assert_eq!(e.path.strip_prefix(BLOBS), Some(e.sha256.as_str()));
@@ -729,6 +928,44 @@ mod tests {
     }
 
     #[test]
+    fn blobs_in_an_expected_order_are_written_in_it_whatever_order_they_come_in() {
+        let d = tempfile::tempdir().unwrap();
+        let blobs: [&[u8]; 4] = [b"one", b"two", b"three", b"four"];
+        let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+        let order: Vec<String> = blobs.iter().map(|b| sha(b)).collect();
+        let write_in = |name: &str, arrival: &[usize]| {
+            let p = d.path().join(name);
+            let mut w = BundleWriter::create(&p, 1_700_000_000).unwrap();
+            w.expect_order(order.clone());
+            for &i in arrival {
+                w.add_blob(&mut &blobs[i][..], blobs[i].len() as u64, &mut |_| {})
+                    .unwrap();
+            }
+            // One not in the order, and a duplicate of one that waits.
+            w.add_blob_bytes(b"extra").unwrap();
+            w.add_blob_bytes(b"four").unwrap();
+            w.finish(b"{}").unwrap();
+            assert!(!d.path().join(format!("{name}.spill")).exists());
+            p
+        };
+        let a = write_in("a.tar", &[0, 1, 2, 3]);
+        let b = write_in("b.tar", &[3, 1, 0, 2]);
+        let c = write_in("c.tar", &[2, 3, 1, 0]);
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(bytes, std::fs::read(&b).unwrap());
+        assert_eq!(bytes, std::fs::read(&c).unwrap());
+        let s = scan(&a, &mut |_| {}).unwrap();
+        let names: Vec<String> = s
+            .entries
+            .iter()
+            .filter_map(|e| e.path.strip_prefix(BLOBS).map(str::to_string))
+            .collect();
+        let mut want = order.clone();
+        want.push(sha(b"extra"));
+        assert_eq!(names, want);
+    }
+
+    #[test]
     fn a_truncated_file_is_refused() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), &[b"hello", b"world!"]);
@@ -736,6 +973,9 @@ mod tests {
         std::fs::write(&p, &good[..good.len() - 700]).unwrap();
         assert!(matches!(scan(&p, &mut |_| {}), Err(BundleError::Truncated)));
         std::fs::write(&p, b"short").unwrap();
-        assert!(matches!(scan(&p, &mut |_| {}), Err(BundleError::NotABundle(_))));
+        assert!(matches!(
+            scan(&p, &mut |_| {}),
+            Err(BundleError::NotABundle(_))
+        ));
     }
 }

@@ -62,6 +62,9 @@ struct Img {
     labels: HashMap<String, String>,
     created: String,
     size: u64,
+    /// The layers' diff ids (`sha256:<hex>`), bottom first: the sha256 of each layer's
+    /// uncompressed tar, as `docker save` writes it.
+    layers: Vec<String>,
 }
 
 async fn inspect(engine: &Engine, name: &str) -> Result<Option<Img>, BundleError> {
@@ -72,6 +75,7 @@ async fn inspect(engine: &Engine, name: &str) -> Result<Option<Img>, BundleError
             labels: i.config.and_then(|c| c.labels).unwrap_or_default(),
             created: i.created.map(|c| c.to_string()).unwrap_or_default(),
             size: i.size.unwrap_or(0).max(0) as u64,
+            layers: i.root_fs.and_then(|r| r.layers).unwrap_or_default(),
         })),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
@@ -141,7 +145,8 @@ fn read_save(
 ) -> Result<Saved, BundleError> {
     let mut saved = Saved::default();
     let mut a = tar::Archive::new(r);
-    let bad = |e: std::io::Error| BundleError::Engine(format!("reading the engine's image archive: {e}"));
+    let bad =
+        |e: std::io::Error| BundleError::Engine(format!("reading the engine's image archive: {e}"));
     let base = w.bytes();
     for entry in a.entries().map_err(bad)? {
         let mut e = entry.map_err(bad)?;
@@ -169,7 +174,9 @@ fn read_save(
             if is_layer {
                 saved.layers.insert(path, (blob.sha256.clone(), blob.bytes));
             } else {
-                saved.configs.insert(path, (blob.sha256.clone(), blob.bytes));
+                saved
+                    .configs
+                    .insert(path, (blob.sha256.clone(), blob.bytes));
             }
             if !saved.parts.iter().any(|p| p.path == blob.path) {
                 saved.parts.push(Part {
@@ -271,11 +278,20 @@ pub async fn export(
             );
         }
         let img_name = tag_of(engine, image, &img.id).await;
-        let images: Vec<&Img> = std::iter::once(&img).chain(env.iter()).chain(base.iter()).collect();
+        let images: Vec<&Img> = std::iter::once(&img)
+            .chain(env.iter())
+            .chain(base.iter())
+            .collect();
         let names: Vec<String> = images
             .iter()
             .enumerate()
-            .map(|(i, m)| if i == 0 { img_name.clone() } else { m.name.clone() })
+            .map(|(i, m)| {
+                if i == 0 {
+                    img_name.clone()
+                } else {
+                    m.name.clone()
+                }
+            })
             .collect();
 
         // The package record, for the manifest.
@@ -302,9 +318,9 @@ pub async fn export(
                         .path_for(&url),
                 ];
                 let bundle = tmp.path().join("repo.bundle");
-                let found = candidates.iter().find(|p| {
-                    p.exists() && gitbundle::write(p, &commit, &bundle).is_ok()
-                });
+                let found = candidates
+                    .iter()
+                    .find(|p| p.exists() && gitbundle::write(p, &commit, &bundle).is_ok());
                 if found.is_none() {
                     unknown.push("repo_bundle".into());
                 }
@@ -341,15 +357,39 @@ pub async fn export(
             .export_images(&refs)
             .map(|r| r.map_err(std::io::Error::other));
         let reader = tokio_util::io::StreamReader::new(stream);
+        // The engine's archive comes in an order that changes from run to run (see
+        // `archive`): its blobs are written in this one, each image's config then its layers,
+        // the base image's first.
+        let mut order: Vec<String> = Vec::new();
+        for m in images.iter().rev() {
+            for d in std::iter::once(&m.id).chain(m.layers.iter()) {
+                let hex = d.trim_start_matches("sha256:").to_string();
+                if !order.contains(&hex) {
+                    order.push(hex);
+                }
+            }
+        }
+        w.expect_order(order.clone());
         let p2 = progress.clone();
         let (mut w, saved) = tokio::task::spawn_blocking(move || {
             let r = tokio_util::io::SyncIoBridge::new(reader);
-            let saved = read_save(r, &mut w, &*p2, total);
+            let saved = read_save(r, &mut w, &*p2, total).and_then(|s| {
+                w.flush_waiting()?;
+                tracing::debug!(
+                    bytes = w.waited_bytes(),
+                    "blobs that came before their turn"
+                );
+                Ok(s)
+            });
             (w, saved)
         })
         .await
         .map_err(|e| BundleError::Engine(e.to_string()))?;
-        let saved = saved?;
+        let mut saved = saved?;
+        let rank = |sha: &str| order.iter().position(|o| o == sha).unwrap_or(usize::MAX);
+        saved
+            .parts
+            .sort_by(|a, b| (rank(&a.sha256), &a.sha256).cmp(&(rank(&b.sha256), &b.sha256)));
         parts.extend(saved.parts.iter().cloned());
 
         // One OCI manifest per image, in the order asked.
@@ -363,11 +403,9 @@ pub async fn export(
                 .iter()
                 .find(|s| s.config.trim_end_matches(".json") == hex)
                 .ok_or_else(|| BundleError::Engine(format!("the engine's archive lacks {name}")))?;
-            let (csha, cbytes) = saved
-                .configs
-                .get(&sm.config)
-                .cloned()
-                .ok_or_else(|| BundleError::Engine(format!("the engine's archive lacks {}", sm.config)))?;
+            let (csha, cbytes) = saved.configs.get(&sm.config).cloned().ok_or_else(|| {
+                BundleError::Engine(format!("the engine's archive lacks {}", sm.config))
+            })?;
             let mut layers = Vec::new();
             let mut layer_paths = Vec::new();
             let mut bytes = 0;
@@ -387,12 +425,17 @@ pub async fn export(
                 .layers(layers)
                 .build()
                 .map_err(|e| BundleError::Invalid(format!("manifest: {e}")))?;
-            let json = serde_json::to_vec(&manifest)
-                .map_err(|e| BundleError::Invalid(e.to_string()))?;
+            let json =
+                serde_json::to_vec(&manifest).map_err(|e| BundleError::Invalid(e.to_string()))?;
             let b = w.add_blob_bytes(&json)?;
             let mut ann = HashMap::new();
             ann.insert(REF_NAME.to_string(), name.clone());
-            index_manifests.push(descriptor(MediaType::ImageManifest, &b.sha256, b.bytes, Some(ann))?);
+            index_manifests.push(descriptor(
+                MediaType::ImageManifest,
+                &b.sha256,
+                b.bytes,
+                Some(ann),
+            )?);
             entries.push(ImageEntry {
                 name: name.clone(),
                 id: m.id.clone(),
@@ -412,7 +455,9 @@ pub async fn export(
         let mut repo_info = None;
         if let Some((info, bundle)) = repo {
             if let Some(b) = bundle {
-                let size = std::fs::metadata(&b).map_err(|e| BundleError::io(&b, e))?.len();
+                let size = std::fs::metadata(&b)
+                    .map_err(|e| BundleError::io(&b, e))?
+                    .len();
                 let mut f = std::fs::File::open(&b).map_err(|e| BundleError::io(&b, e))?;
                 let blob = w.add_blob(&mut f, size, &mut |_| {})?;
                 repo_bytes = blob.bytes;
@@ -453,8 +498,13 @@ pub async fn export(
             .map_err(|e| BundleError::Invalid(format!("index: {e}")))?;
         let index = serde_json::to_vec(&index).map_err(|e| BundleError::Invalid(e.to_string()))?;
         parts.push(part(w.add_file("index.json", &index)?, "index", None));
-        let dm = serde_json::to_vec(&docker_manifest).map_err(|e| BundleError::Invalid(e.to_string()))?;
-        parts.push(part(w.add_file("manifest.json", &dm)?, "docker-manifest", None));
+        let dm = serde_json::to_vec(&docker_manifest)
+            .map_err(|e| BundleError::Invalid(e.to_string()))?;
+        parts.push(part(
+            w.add_file("manifest.json", &dm)?,
+            "docker-manifest",
+            None,
+        ));
 
         let mut img_entry = entries.remove(0);
         img_entry.name = img_name.clone();
@@ -551,7 +601,9 @@ fn source_files(dir: &Path) -> Result<Vec<(&'static str, PathBuf, u64)>, BundleE
             } else {
                 "sdist"
             };
-            let size = std::fs::metadata(&p).map_err(|e| BundleError::io(&p, e))?.len();
+            let size = std::fs::metadata(&p)
+                .map_err(|e| BundleError::io(&p, e))?
+                .len();
             out.push((kind, p, size));
         }
     }

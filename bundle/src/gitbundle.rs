@@ -59,14 +59,18 @@ pub fn unbundle(bundle: &Path, dest: &Path) -> Result<String, BundleError> {
     let f = std::fs::File::open(bundle).map_err(|e| BundleError::io(bundle, e))?;
     let mut r = std::io::BufReader::new(f);
     let mut line = String::new();
-    r.read_line(&mut line).map_err(|e| BundleError::io(bundle, e))?;
+    r.read_line(&mut line)
+        .map_err(|e| BundleError::io(bundle, e))?;
     if line != SIGNATURE {
-        return Err(BundleError::Invalid("the repository part is no git bundle".into()));
+        return Err(BundleError::Invalid(
+            "the repository part is no git bundle".into(),
+        ));
     }
     let mut head = None;
     loop {
         line.clear();
-        r.read_line(&mut line).map_err(|e| BundleError::io(bundle, e))?;
+        r.read_line(&mut line)
+            .map_err(|e| BundleError::io(bundle, e))?;
         let l = line.trim_end();
         if l.is_empty() {
             break;
@@ -122,9 +126,15 @@ mod tests {
             let mut idx = repo.index().unwrap();
             idx.add_path(Path::new("f.txt")).unwrap();
             let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
-            let parents: Vec<git2::Commit> = parent.iter().map(|p| repo.find_commit(*p).unwrap()).collect();
+            let parents: Vec<git2::Commit> = parent
+                .iter()
+                .map(|p| repo.find_commit(*p).unwrap())
+                .collect();
             let refs: Vec<&git2::Commit> = parents.iter().collect();
-            parent = Some(repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &refs).unwrap());
+            parent = Some(
+                repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &refs)
+                    .unwrap(),
+            );
         }
         let commit = parent.unwrap().to_string();
         let (a, b) = (d.path().join("a.bundle"), d.path().join("b.bundle"));
@@ -143,7 +153,11 @@ mod tests {
             .current_dir(d.path().join("r"))
             .output()
         {
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }

@@ -80,8 +80,14 @@ fn write_load(
     let mut blobs: Vec<String> = Vec::new();
     for (img, tag) in images {
         let m = v
-            .entry(&format!("{}{}", archive::BLOBS, img.manifest.trim_start_matches("sha256:")))
-            .ok_or_else(|| BundleError::Missing(format!("the bundle lacks {}'s manifest", img.name)))?;
+            .entry(&format!(
+                "{}{}",
+                archive::BLOBS,
+                img.manifest.trim_start_matches("sha256:")
+            ))
+            .ok_or_else(|| {
+                BundleError::Missing(format!("the bundle lacks {}'s manifest", img.name))
+            })?;
         let mut buf = Vec::new();
         archive::copy_entry(path, m, &mut buf)?;
         let om: oci_spec::image::ImageManifest = serde_json::from_slice(&buf)
@@ -112,7 +118,8 @@ fn write_load(
     h.set_size(json.len() as u64);
     h.set_mode(0o644);
     h.set_cksum();
-    t.append_data(&mut h, "manifest.json", &json[..]).map_err(io)?;
+    t.append_data(&mut h, "manifest.json", &json[..])
+        .map_err(io)?;
     let mut done = 0;
     let mut file = std::fs::File::open(path).map_err(|e| BundleError::io(path, e))?;
     for b in &blobs {
@@ -127,7 +134,8 @@ fn write_load(
         h.set_size(e.bytes);
         h.set_mode(0o644);
         h.set_cksum();
-        t.append_data(&mut h, &p, (&mut file).take(e.bytes)).map_err(io)?;
+        t.append_data(&mut h, &p, (&mut file).take(e.bytes))
+            .map_err(io)?;
         done += e.bytes;
         progress(Progress {
             step: "load",
@@ -159,7 +167,9 @@ pub async fn import(
     let span = info_span!("import", path = %path.display());
     async move {
         let p = path.to_path_buf();
-        let total = std::fs::metadata(path).map_err(|e| BundleError::io(path, e))?.len();
+        let total = std::fs::metadata(path)
+            .map_err(|e| BundleError::io(path, e))?
+            .len();
         let pr = progress.clone();
         let v = tokio::task::spawn_blocking(move || {
             verify(&p, &mut |n| {
@@ -213,7 +223,13 @@ pub async fn import(
             let v2 = v.clone();
             let pr = progress.clone();
             let writer = tokio::task::spawn_blocking(move || {
-                write_load(&p, &v2, &wanted, std::io::BufWriter::with_capacity(1 << 20, Pipe(tx)), &*pr)
+                write_load(
+                    &p,
+                    &v2,
+                    &wanted,
+                    std::io::BufWriter::with_capacity(1 << 20, Pipe(tx)),
+                    &*pr,
+                )
             });
             let body = tokio_stream_from(rx);
             let opts = bollard::query_parameters::ImportImageOptionsBuilder::new()
@@ -235,7 +251,9 @@ pub async fn import(
                 .await
                 .map_err(|e| BundleError::Engine(e.to_string()))?;
             if let Some(f) = failure {
-                return Err(BundleError::Engine(format!("the engine refused the images: {f}")));
+                return Err(BundleError::Engine(format!(
+                    "the engine refused the images: {f}"
+                )));
             }
             written?;
         }

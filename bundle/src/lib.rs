@@ -47,7 +47,9 @@ pub enum BundleError {
     #[error("the bundle is damaged: {0} does not match its digest")]
     Corrupt(String),
     /// A bundle made by a newer berth.
-    #[error("the bundle has format version {0}; this berth reads version {FORMAT}: use a newer berth")]
+    #[error(
+        "the bundle has format version {0}; this berth reads version {FORMAT}: use a newer berth"
+    )]
     NewerFormat(u32),
     /// The bundle lacks a part this operation needs.
     #[error("{0}")]
@@ -247,7 +249,11 @@ pub fn verify(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<Verified, Bu
         };
         if !ok {
             let what = part
-                .and_then(|p| p.name.clone().map(|n| format!("{} {n} ({})", p.kind, e.path)))
+                .and_then(|p| {
+                    p.name
+                        .clone()
+                        .map(|n| format!("{} {n} ({})", p.kind, e.path))
+                })
                 .or_else(|| part.map(|p| format!("{} {}", p.kind, e.path)))
                 .unwrap_or_else(|| e.path.clone());
             return Err(BundleError::Corrupt(what));
@@ -323,7 +329,11 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x20;
             std::fs::write(&p, &bad).unwrap();
-            assert!(verify(&p, &mut |_| {}).is_err(), "byte {i} of {}", good.len());
+            assert!(
+                verify(&p, &mut |_| {}).is_err(),
+                "byte {i} of {}",
+                good.len()
+            );
         }
         // A newer format is refused by version, before anything else.
         let mut newer = m.clone();
