@@ -210,7 +210,7 @@ impl BundleWriter {
 
     /// Moves the blob just written at `start` (`size` bytes after its header) to the spill
     /// file, and takes it back from the bundle.
-    fn to_spill(&mut self, sha: &str, start: u64, size: u64) -> io::Result<()> {
+    fn move_to_spill(&mut self, sha: &str, start: u64, size: u64) -> io::Result<()> {
         self.out.flush()?;
         if self.spill.is_none() {
             let mut name = self.path.as_os_str().to_owned();
@@ -333,7 +333,7 @@ impl BundleWriter {
         // Before its turn (or not in the order at all): it waits.
         self.blobs.remove(&w.sha256);
         self.headers.pop();
-        self.to_spill(&w.sha256, start, size)
+        self.move_to_spill(&w.sha256, start, size)
             .map_err(|e| self.io(e))?;
         Ok(w)
     }
