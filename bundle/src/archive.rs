@@ -239,6 +239,12 @@ impl BundleWriter {
         }
         self.spilled.insert(sha.to_string(), (at, size));
         self.waited += size;
+        self.truncate_to(start)
+    }
+
+    /// Takes back everything written from `start` on.
+    fn truncate_to(&mut self, start: u64) -> io::Result<()> {
+        self.out.flush()?;
         let f = self.out.get_mut();
         f.set_len(start)?;
         f.seek(SeekFrom::Start(start))?;
@@ -303,15 +309,7 @@ impl BundleWriter {
             if self.pos != start {
                 self.blobs.remove(&w.sha256);
                 self.headers.pop();
-                let res: io::Result<()> = (|| {
-                    self.out.flush()?;
-                    let f = self.out.get_mut();
-                    f.set_len(start)?;
-                    f.seek(SeekFrom::Start(start))?;
-                    Ok(())
-                })();
-                res.map_err(|e| self.io(e))?;
-                self.pos = start;
+                self.truncate_to(start).map_err(|e| self.io(e))?;
             }
             return Ok(w);
         }
@@ -363,15 +361,7 @@ impl BundleWriter {
         let path = format!("{BLOBS}{sha}");
         if !self.blobs.insert(sha.clone()) {
             // Already there: take the entry back.
-            let res: io::Result<()> = (|| {
-                self.out.flush()?;
-                let f = self.out.get_mut();
-                f.set_len(start)?;
-                f.seek(SeekFrom::Start(start))?;
-                Ok(())
-            })();
-            res.map_err(|e| self.io(e))?;
-            self.pos = start;
+            self.truncate_to(start).map_err(|e| self.io(e))?;
             return Ok(Written {
                 path,
                 sha256: sha,
