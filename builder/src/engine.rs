@@ -458,6 +458,7 @@ impl Engine {
         let started = track.started();
         let (container, images) = track.take();
         if let Some(c) = container {
+            self.wait_for_step_container(&c).await;
             let opts = RemoveContainerOptionsBuilder::new()
                 .force(true)
                 .v(true)
@@ -507,6 +508,32 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Waits (at most 30 s) until the engine has removed the step container `id` of a build
+    /// that failed or was abandoned, killing it first if it still runs. A step whose process
+    /// had already exited when the build was dropped is committed by the engine all the same,
+    /// and only then is its container removed: waiting for that makes the committed image
+    /// visible to the cleanup that follows, rather than appearing after it.
+    async fn wait_for_step_container(&self, id: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut killed = false;
+        while std::time::Instant::now() < deadline {
+            match self.docker.inspect_container(id, None).await {
+                Ok(c) => {
+                    let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+                    if running && !killed {
+                        killed = true;
+                        if let Err(e) = self.docker.kill_container(id, None).await {
+                            tracing::debug!(container = %id, error = %e, "cannot kill the build step");
+                        }
+                    }
+                }
+                Err(_) => return,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        tracing::debug!(container = %id, "the engine kept the build step's container for 30 s");
     }
 
     /// The failed build's step images in chain order (parents first): `named` (ids as the
