@@ -1,0 +1,60 @@
+"""Compares a Zarr v3 store written by berth-data with what xarray reads from the sources.
+
+Usage: compare.py STORE MODE SOURCE...
+  MODE single: xr.open_dataset(SOURCE)
+       merge:  xr.merge([xr.open_dataset(s) for s in SOURCES], combine_attrs="override")
+       concat=DIM: xr.concat([xr.open_dataset(s) for s in SOURCES], dim=DIM,
+                              data_vars="minimal", coords="minimal", compat="override")
+       zarr:   xr.open_zarr(SOURCE) (a Zarr v2 or v3 store)
+Exits 0 if xr.testing.assert_identical holds (values, dtypes, dims, coordinates, attributes,
+decoded times, masked missing values), 1 with the difference otherwise.
+"""
+import sys
+import warnings
+
+import xarray as xr
+
+warnings.simplefilter("ignore", RuntimeWarning)
+
+
+def main():
+    store, mode, sources = sys.argv[1], sys.argv[2], sys.argv[3:]
+    ours = xr.open_zarr(store, consolidated=False, decode_times=True).load()
+    zarr_format = ours.encoding.get("zarr_format")
+    import zarr
+    g = zarr.open_group(store, mode="r")
+    if g.metadata.zarr_format != 3:
+        print(f"store is Zarr v{g.metadata.zarr_format}, expected v3", file=sys.stderr)
+        return 1
+    if mode == "single":
+        ref = xr.open_dataset(sources[0], decode_times=True).load()
+    elif mode == "merge":
+        ref = xr.merge([xr.open_dataset(s, decode_times=True).load() for s in sources],
+                       combine_attrs="override")
+    elif mode.startswith("concat="):
+        dim = mode.split("=", 1)[1]
+        ref = xr.concat([xr.open_dataset(s, decode_times=True).load() for s in sources], dim=dim,
+                        data_vars="minimal", coords="minimal", compat="override",
+                        combine_attrs="override")
+    elif mode == "zarr":
+        ref = xr.open_zarr(sources[0], consolidated=False, decode_times=True).load()
+    else:
+        print(f"unknown mode {mode}", file=sys.stderr)
+        return 2
+    try:
+        xr.testing.assert_identical(ours, ref)
+    except AssertionError as e:
+        print(f"NOT IDENTICAL: {store} vs {mode} {sources}\n{e}", file=sys.stderr)
+        print(f"ours:\n{ours}\nreference:\n{ref}", file=sys.stderr)
+        return 1
+    # assert_identical does not compare dtypes of coordinates' encodings; check data dtypes.
+    for name, v in ref.variables.items():
+        if ours[name].dtype != v.dtype:
+            print(f"dtype of {name}: {ours[name].dtype} != {v.dtype}", file=sys.stderr)
+            return 1
+    print(f"identical: {store}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
