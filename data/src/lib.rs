@@ -18,6 +18,7 @@
 //! complete directory, and a name file is replaced by one rename. See `DESIGN.md`.
 #![deny(missing_docs)]
 
+mod classic;
 mod dtype;
 mod error;
 mod ingest;

@@ -114,6 +114,7 @@ fn nc_err(path: &Path, e: impl std::fmt::Display) -> DataError {
 }
 
 fn open_netcdf(path: &Path) -> Result<Source, DataError> {
+    crate::classic::check_truncation(path)?;
     let file = netcdf::open(path).map_err(|e| nc_err(path, e))?;
     if file.groups().map_err(|e| nc_err(path, e))?.next().is_some() {
         return Err(DataError::Unsupported {
