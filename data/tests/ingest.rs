@@ -141,3 +141,39 @@ fn progress_reports_every_chunk() {
     assert_eq!(seen.len() as u64, last.chunks_total + 1);
     assert!(seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done));
 }
+
+#[test]
+fn packed_int16_stays_packed_and_decodes_identically() {
+    // CF packed data (CF conventions §8.1): int16 with scale_factor, add_offset and _FillValue,
+    // in a NetCDF-4 file and a classic file, with double and with float scale factors.
+    // Float32 scale factors: JSON attributes have no float32, so xarray decodes to float64
+    // from Zarr (float32 from NetCDF): same values to float32 precision (see DESIGN.md).
+    let (dir, lib) = library();
+    let src = fixture("sst_ndjfm_anom.nc");
+    let cases = [
+        ("packed64.nc", "NETCDF4", "0.001", "-0.5", "single"),
+        ("packed32.nc", "NETCDF3_64BIT", "np.float32(0.001)", "np.float32(-0.5)", "single-close"),
+    ];
+    for (file, format, scale, offset, mode) in cases {
+        let out = dir.path().join(file);
+        py(
+            &format!(
+                "import sys, numpy as np, xarray as xr\n\
+                 ds = xr.open_dataset(sys.argv[1])\n\
+                 enc = {{'sst': {{'dtype': 'int16', 'scale_factor': {scale}, 'add_offset': {offset}, '_FillValue': np.int16(-32767)}}}}\n\
+                 ds.to_netcdf(sys.argv[2], format='{format}', encoding=enc)\n"
+            ),
+            &[&src, &out],
+        );
+        let v = add(&lib, file.trim_end_matches(".nc"), &[out.clone()], chunks(&[("time", 9)]));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(v.path.join("sst/zarr.json")).unwrap()).unwrap();
+        assert_eq!(meta["data_type"], "int16", "{file}: stays packed");
+        assert_eq!(meta["fill_value"], -32767);
+        assert_eq!(meta["attributes"]["_FillValue"], -32767);
+        assert_identical(&v.path, mode, &[out]);
+        let stats = lib.inspect(file.trim_end_matches(".nc")).unwrap();
+        let s = stats.variables.iter().find(|x| x.name == "sst").unwrap().stats.unwrap();
+        assert!(s.missing > 0 && s.min > -10.0 && s.max < 10.0, "{file}: decoded stats {s:?}");
+    }
+}
