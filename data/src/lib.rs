@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 pub use error::DataError;
 pub use inspect::{Inspection, Stats, VariableInfo};
+pub use quicklook::{Quicklook, MISSING_COLOUR};
 
 /// Compression of the chunks (a Zarr v3 bytes-to-bytes codec after the `bytes` codec with
 /// little-endian byte order).
@@ -689,14 +690,22 @@ impl Library {
 
     /// Renders a 2-D slice of variable `var` of a version as a PNG image at `path`:
     /// the variable's dimensions not in `at` must be exactly two (rows: the first, columns:
-    /// the second); `at` fixes every other dimension to an index. Colours: viridis over the
+    /// the second); `at` fixes every other dimension to an index (length-1 dimensions not in
+    /// `at` are fixed at 0). Rows are drawn north up when the row coordinate is an increasing
+    /// latitude/Y axis. Each data cell is a square of 1 to 16 pixels. Colours: viridis over the
     /// slice's valid range; missing values (CF `_FillValue`/`missing_value`, NaN) light grey;
     /// a legend with the range and `units`.
     ///
     /// # Errors
     /// [`DataError::UnknownVariable`], [`DataError::Render`] (a bad selection, nothing valid to
     /// show), [`DataError::Io`] (writing the file), resolution errors.
-    pub fn render_png(&self, spec: &str, var: &str, at: &[(String, usize)], path: &Path) -> Result<(), DataError> {
+    pub fn render_png(
+        &self,
+        spec: &str,
+        var: &str,
+        at: &[(String, usize)],
+        path: &Path,
+    ) -> Result<Quicklook, DataError> {
         let v = self.resolve(spec)?;
         quicklook::render(&v, spec, var, at, path)
     }
