@@ -27,7 +27,9 @@ impl Reader<'_> {
         Some(s)
     }
     fn u32(&mut self) -> Option<u64> {
-        Some(u64::from(u32::from_be_bytes(self.take(4)?.try_into().ok()?)))
+        Some(u64::from(u32::from_be_bytes(
+            self.take(4)?.try_into().ok()?,
+        )))
     }
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
@@ -53,9 +55,9 @@ impl Reader<'_> {
     }
     fn type_size(t: u64) -> Option<u64> {
         Some(match t {
-            1 | 2 | 7 => 1, // byte, char, ubyte
-            3 | 8 => 2,     // short, ushort
-            4 | 5 | 9 => 4, // int, float, uint
+            1 | 2 | 7 => 1,   // byte, char, ubyte
+            3 | 8 => 2,       // short, ushort
+            4 | 5 | 9 => 4,   // int, float, uint
             6 | 10 | 11 => 8, // double, int64, uint64
             _ => return None,
         })
@@ -131,7 +133,10 @@ fn required_len(head: &[u8]) -> Option<u64> {
         let t = r.u32()?;
         let vsize = r.count()?;
         let begin = r.offset()?;
-        let is_rec = ids.first().map(|&i| dims.get(i) == Some(&0)).unwrap_or(false);
+        let is_rec = ids
+            .first()
+            .map(|&i| dims.get(i) == Some(&0))
+            .unwrap_or(false);
         let mut elems: u64 = 1;
         for (k, &i) in ids.iter().enumerate() {
             let len = *dims.get(i)?;
@@ -160,7 +165,8 @@ fn required_len(head: &[u8]) -> Option<u64> {
 
 /// Fails if `path` is a NetCDF classic file shorter than its header says.
 pub(crate) fn check_truncation(path: &Path) -> Result<(), DataError> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
     let len = f
         .metadata()
         .map_err(|e| DataError::io(format!("reading {}", path.display()), e))?

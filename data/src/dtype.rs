@@ -208,8 +208,16 @@ pub(crate) fn base64_encode(data: &[u8]) -> String {
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         out.push(B64[(n >> 18) as usize & 63] as char);
         out.push(B64[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { B64[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { B64[n as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 1 {
+            B64[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            B64[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -329,8 +337,14 @@ impl CfDecode {
             .into_iter()
             .collect();
         mask.extend(attr_numbers(attrs.get("missing_value")));
-        let scale = attr_numbers(attrs.get("scale_factor")).first().copied().unwrap_or(1.0);
-        let offset = attr_numbers(attrs.get("add_offset")).first().copied().unwrap_or(0.0);
+        let scale = attr_numbers(attrs.get("scale_factor"))
+            .first()
+            .copied()
+            .unwrap_or(1.0);
+        let offset = attr_numbers(attrs.get("add_offset"))
+            .first()
+            .copied()
+            .unwrap_or(0.0);
         CfDecode {
             mask,
             scale,
@@ -340,7 +354,7 @@ impl CfDecode {
 
     /// The decoded value, or `None` if it is missing (NaN or a mask value).
     pub(crate) fn decode(&self, raw: f64) -> Option<f64> {
-        if raw.is_nan() || self.mask.iter().any(|&m| m == raw) {
+        if raw.is_nan() || self.mask.contains(&raw) {
             None
         } else {
             Some(raw * self.scale + self.offset)
@@ -356,7 +370,10 @@ mod tests {
     fn base64_matches_python() {
         // base64.standard_b64encode(struct.pack("<d", float("nan"))) == b"AAAAAAAA+H8="
         assert_eq!(base64_encode(&f64::NAN.to_le_bytes()), "AAAAAAAA+H8=");
-        assert_eq!(base64_decode("AAAAAAAA+H8=").unwrap(), f64::NAN.to_le_bytes());
+        assert_eq!(
+            base64_decode("AAAAAAAA+H8=").unwrap(),
+            f64::NAN.to_le_bytes()
+        );
         for s in [&b""[..], b"a", b"ab", b"abc", b"abcd"] {
             assert_eq!(base64_decode(&base64_encode(s)).unwrap(), s);
         }

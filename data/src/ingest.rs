@@ -69,7 +69,9 @@ fn codecs_json(dtype: Dtype, codec: Codec) -> Value {
         Codec::Zstd { level } => {
             json!([bytes, {"name": "zstd", "configuration": {"level": level, "checksum": false}}])
         }
-        Codec::Gzip { level } => json!([bytes, {"name": "gzip", "configuration": {"level": level}}]),
+        Codec::Gzip { level } => {
+            json!([bytes, {"name": "gzip", "configuration": {"level": level}}])
+        }
         Codec::None => json!([bytes]),
     }
 }
@@ -189,7 +191,10 @@ pub(crate) fn write_store(
         let vdir = dir.join(&v.meta.name);
         std::fs::create_dir(&vdir)
             .map_err(|e| DataError::io(format!("creating {}", vdir.display()), e))?;
-        write_json(&vdir.join("zarr.json"), &array_metadata(v, &chunk, opts.codec))?;
+        write_json(
+            &vdir.join("zarr.json"),
+            &array_metadata(v, &chunk, opts.codec),
+        )?;
         let array = zarrs::array::Array::open(store.clone(), &format!("/{}", v.meta.name))
             .map_err(|e| DataError::zarr(&v.meta.name, e))?;
         arrays.push(array);
@@ -228,7 +233,9 @@ pub(crate) fn write_store(
     };
     progress(state);
 
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let (task_tx, task_rx) = sync_channel::<Task>(workers * 2);
     let task_rx = Mutex::new(task_rx);
     let (done_tx, done_rx) = channel::<Result<u64, DataError>>();
@@ -256,7 +263,9 @@ pub(crate) fn write_store(
             });
         }
         drop(done_tx);
-        let handle = |r: Result<u64, DataError>, state: &mut IngestProgress, err: &mut Option<DataError>| match r {
+        let handle = |r: Result<u64, DataError>,
+                      state: &mut IngestProgress,
+                      err: &mut Option<DataError>| match r {
             Ok(n) => {
                 state.bytes_done += n;
                 state.chunks_done += 1;
@@ -295,7 +304,12 @@ pub(crate) fn write_store(
             let data = if count == *chunk {
                 block
             } else {
-                pad(&block, &count, chunk, &fill_bytes(v.meta.dtype, &v.meta.fill_value))
+                pad(
+                    &block,
+                    &count,
+                    chunk,
+                    &fill_bytes(v.meta.dtype, &v.meta.fill_value),
+                )
             };
             if task_tx
                 .send(Task {

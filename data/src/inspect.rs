@@ -74,7 +74,8 @@ pub struct Inspection {
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, DataError> {
-    let b = std::fs::read(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
+    let b =
+        std::fs::read(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&b).map_err(|e| DataError::Metadata {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -110,9 +111,13 @@ pub(crate) fn array_meta(store: &Path, name: &str) -> Result<ArrayMeta, DataErro
         .and_then(Value::as_str)
         .and_then(Dtype::from_zarr_name)
         .ok_or_else(|| bad("data_type"))?;
-    let chunk = u64s(m.pointer("/chunk_grid/configuration/chunk_shape")).ok_or_else(|| bad("chunk_shape"))?;
+    let chunk = u64s(m.pointer("/chunk_grid/configuration/chunk_shape"))
+        .ok_or_else(|| bad("chunk_shape"))?;
     let dims = match m.get("dimension_names") {
-        Some(Value::Array(a)) => a.iter().map(|d| d.as_str().unwrap_or("").to_string()).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|d| d.as_str().unwrap_or("").to_string())
+            .collect(),
         _ => Vec::new(),
     };
     let codecs = m
@@ -143,7 +148,9 @@ pub(crate) fn array_meta(store: &Path, name: &str) -> Result<ArrayMeta, DataErro
 /// The array names of a store (sub-directories with a `zarr.json`), sorted.
 pub(crate) fn array_names(store: &Path) -> Result<Vec<String>, DataError> {
     let mut names = Vec::new();
-    for e in std::fs::read_dir(store).map_err(|e| DataError::io(format!("listing {}", store.display()), e))? {
+    for e in std::fs::read_dir(store)
+        .map_err(|e| DataError::io(format!("listing {}", store.display()), e))?
+    {
         let e = e.map_err(|e| DataError::io(format!("listing {}", store.display()), e))?;
         if e.path().join("zarr.json").is_file() {
             names.push(e.file_name().to_string_lossy().to_string());
@@ -161,7 +168,12 @@ pub(crate) fn for_each_chunk(
 ) -> Result<(), DataError> {
     let array = zarrs::array::Array::open(store.clone(), &format!("/{}", meta.name))
         .map_err(|e| DataError::zarr(&meta.name, e))?;
-    let grid: Vec<u64> = meta.shape.iter().zip(&meta.chunk).map(|(&n, &c)| n.div_ceil(c)).collect();
+    let grid: Vec<u64> = meta
+        .shape
+        .iter()
+        .zip(&meta.chunk)
+        .map(|(&n, &c)| n.div_ceil(c))
+        .collect();
     if grid.contains(&0) {
         return Ok(());
     }
@@ -179,18 +191,25 @@ pub(crate) fn for_each_chunk(
         let bytes: zarrs::array::ArrayBytes<'static> = array
             .retrieve_array_subset(&subset)
             .map_err(|e| DataError::zarr(&meta.name, e))?;
-        let raw = bytes.into_fixed().map_err(|e| DataError::zarr(&meta.name, e))?;
+        let raw = bytes
+            .into_fixed()
+            .map_err(|e| DataError::zarr(&meta.name, e))?;
         let shape: Vec<usize> = subset.shape().iter().map(|&n| n as usize).collect();
         let values = meta.dtype.to_f64(&raw);
-        let a = ndarray::ArrayD::from_shape_vec(shape, values).map_err(|e| DataError::zarr(&meta.name, e))?;
+        let a = ndarray::ArrayD::from_shape_vec(shape, values)
+            .map_err(|e| DataError::zarr(&meta.name, e))?;
         f(a);
     }
     Ok(())
 }
 
-fn stats(store: &Arc<zarrs::filesystem::FilesystemStore>, meta: &ArrayMeta) -> Result<Option<Stats>, DataError> {
+fn stats(
+    store: &Arc<zarrs::filesystem::FilesystemStore>,
+    meta: &ArrayMeta,
+) -> Result<Option<Stats>, DataError> {
     let cf = CfDecode::from_attrs(&meta.attrs);
-    let (mut min, mut max, mut sum, mut count, mut missing) = (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0u64, 0u64);
+    let (mut min, mut max, mut sum, mut count, mut missing) =
+        (f64::INFINITY, f64::NEG_INFINITY, 0.0, 0u64, 0u64);
     for_each_chunk(store, meta, |a| {
         for &raw in a.iter() {
             match cf.decode(raw) {
@@ -219,7 +238,9 @@ pub(crate) fn inspect(v: &Version) -> Result<Inspection, DataError> {
         Some(Value::Object(o)) => o.clone(),
         _ => Map::new(),
     };
-    let store = Arc::new(zarrs::filesystem::FilesystemStore::new(&v.path).map_err(|e| DataError::zarr("/", e))?);
+    let store = Arc::new(
+        zarrs::filesystem::FilesystemStore::new(&v.path).map_err(|e| DataError::zarr("/", e))?,
+    );
     let mut variables = Vec::new();
     let mut dimensions: Vec<(String, u64)> = Vec::new();
     for name in array_names(&v.path)? {

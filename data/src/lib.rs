@@ -69,7 +69,11 @@ impl std::str::FromStr for Codec {
             Some((n, l)) => (n, Some(l)),
             None => (s, None),
         };
-        let bad = || DataError::InvalidOptions(format!("codec {s:?}: expected zstd[:1-22], gzip[:0-9] or none"));
+        let bad = || {
+            DataError::InvalidOptions(format!(
+                "codec {s:?}: expected zstd[:1-22], gzip[:0-9] or none"
+            ))
+        };
         match (name, level) {
             ("zstd", None) => Ok(Codec::default()),
             ("zstd", Some(l)) => match l.parse::<i32>() {
@@ -239,7 +243,8 @@ pub fn hash_store(dir: &Path) -> Result<String, DataError> {
     let mut h = Sha256::new();
     for key in files {
         let p = dir.join(&key);
-        let mut f = std::fs::File::open(&p).map_err(|e| DataError::io(format!("reading {}", p.display()), e))?;
+        let mut f = std::fs::File::open(&p)
+            .map_err(|e| DataError::io(format!("reading {}", p.display()), e))?;
         let len = f
             .metadata()
             .map_err(|e| DataError::io(format!("reading {}", p.display()), e))?
@@ -247,7 +252,8 @@ pub fn hash_store(dir: &Path) -> Result<String, DataError> {
         h.update(key.as_bytes());
         h.update([0u8]);
         h.update(len.to_be_bytes());
-        let n = std::io::copy(&mut f, &mut h).map_err(|e| DataError::io(format!("reading {}", p.display()), e))?;
+        let n = std::io::copy(&mut f, &mut h)
+            .map_err(|e| DataError::io(format!("reading {}", p.display()), e))?;
         if n != len {
             return Err(DataError::Metadata {
                 path: p,
@@ -259,15 +265,25 @@ pub fn hash_store(dir: &Path) -> Result<String, DataError> {
 }
 
 fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| DataError::io(format!("listing {}", dir.display()), e))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| DataError::io(format!("listing {}", dir.display()), e))?;
     for e in rd {
         let e = e.map_err(|e| DataError::io(format!("listing {}", dir.display()), e))?;
-        let name = e.file_name().into_string().map_err(|n| DataError::Metadata {
-            path: dir.join(n),
-            message: "a store key is not UTF-8".into(),
-        })?;
-        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-        let ft = e.file_type().map_err(|err| DataError::io(format!("reading {}", e.path().display()), err))?;
+        let name = e
+            .file_name()
+            .into_string()
+            .map_err(|n| DataError::Metadata {
+                path: dir.join(n),
+                message: "a store key is not UTF-8".into(),
+            })?;
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let ft = e
+            .file_type()
+            .map_err(|err| DataError::io(format!("reading {}", e.path().display()), err))?;
         if ft.is_dir() {
             list_files(&e.path(), &key, out)?;
         } else if ft.is_file() {
@@ -312,7 +328,11 @@ fn unique_suffix() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{}-{nanos}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Parses `NAME` or `NAME@HEXPREFIX`.
@@ -353,9 +373,37 @@ impl Library {
         let root = root.into();
         for d in ["versions", "names", "tmp"] {
             let p = root.join(d);
-            std::fs::create_dir_all(&p).map_err(|e| DataError::io(format!("creating {}", p.display()), e))?;
+            std::fs::create_dir_all(&p)
+                .map_err(|e| DataError::io(format!("creating {}", p.display()), e))?;
         }
-        Ok(Library { root })
+        let lib = Library { root };
+        lib.remove_stale_temporaries();
+        Ok(lib)
+    }
+
+    /// Removes `tmp/ingest-<pid>-…` and `tmp/rm-<pid>-…` left by processes that died (no
+    /// `/proc/<pid>`; Linux only, elsewhere nothing is removed).
+    fn remove_stale_temporaries(&self) {
+        if !Path::new("/proc/self").exists() {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let pid = name
+                .strip_prefix("ingest-")
+                .or_else(|| name.strip_prefix("rm-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    tracing::info!(path = %e.path().display(), "removing a temporary store of a dead process");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
     }
 
     /// The library's root directory.
@@ -379,17 +427,20 @@ impl Library {
             .write(true)
             .open(&p)
             .map_err(|e| DataError::io(format!("opening {}", p.display()), e))?;
-        f.lock().map_err(|e| DataError::io(format!("locking {}", p.display()), e))?;
+        f.lock()
+            .map_err(|e| DataError::io(format!("locking {}", p.display()), e))?;
         Ok(f)
     }
 
     fn read_name(&self, name: &str) -> Result<Option<NameFile>, DataError> {
         let p = self.name_path(name);
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| DataError::Metadata {
-                path: p,
-                message: e.to_string(),
-            }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| DataError::Metadata {
+                    path: p,
+                    message: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(DataError::io(format!("reading {}", p.display()), e)),
         }
@@ -398,7 +449,10 @@ impl Library {
     /// Replaces a name file atomically (write to a temporary file, fsync, rename).
     fn write_name(&self, nf: &NameFile) -> Result<(), DataError> {
         let p = self.name_path(&nf.name);
-        let tmp = self.root.join("names").join(format!(".{}.{}.tmp", nf.name, unique_suffix()));
+        let tmp = self
+            .root
+            .join("names")
+            .join(format!(".{}.{}.tmp", nf.name, unique_suffix()));
         let text = serde_json::to_vec_pretty(nf).map_err(|e| DataError::Metadata {
             path: p.clone(),
             message: e.to_string(),
@@ -420,7 +474,9 @@ impl Library {
     fn all_names(&self) -> Result<Vec<String>, DataError> {
         let dir = self.root.join("names");
         let mut names = Vec::new();
-        for e in std::fs::read_dir(&dir).map_err(|e| DataError::io(format!("listing {}", dir.display()), e))? {
+        for e in std::fs::read_dir(&dir)
+            .map_err(|e| DataError::io(format!("listing {}", dir.display()), e))?
+        {
             let e = e.map_err(|e| DataError::io(format!("listing {}", dir.display()), e))?;
             let f = e.file_name().to_string_lossy().to_string();
             if let Some(n) = f.strip_suffix(".json") {
@@ -475,7 +531,10 @@ impl Library {
         let plan = source::plan(&opened, opts.concat.as_deref())?;
         ingest::check_chunks(&plan, &opts.chunks)?;
 
-        let tmp_path = self.root.join("tmp").join(format!("ingest-{}", unique_suffix()));
+        let tmp_path = self
+            .root
+            .join("tmp")
+            .join(format!("ingest-{}", unique_suffix()));
         std::fs::create_dir_all(&tmp_path)
             .map_err(|e| DataError::io(format!("creating {}", tmp_path.display()), e))?;
         let mut tmp = TempDir(Some(tmp_path.clone()));
@@ -492,7 +551,12 @@ impl Library {
             match std::fs::rename(&tmp_path, &dest) {
                 Ok(()) => tmp.0 = None,
                 Err(_) if dest.exists() => {}
-                Err(e) => return Err(DataError::io(format!("moving the store to {}", dest.display()), e)),
+                Err(e) => {
+                    return Err(DataError::io(
+                        format!("moving the store to {}", dest.display()),
+                        e,
+                    ))
+                }
             }
         }
         drop(tmp);
@@ -554,7 +618,9 @@ impl Library {
         let (name, prefix) = parse_spec(spec)?;
         let mut hist = self.history(name)?;
         match prefix {
-            None => hist.pop().ok_or_else(|| DataError::UnknownName(name.to_string())),
+            None => hist
+                .pop()
+                .ok_or_else(|| DataError::UnknownName(name.to_string())),
             Some(prefix) => {
                 // The newest entry of each matching id.
                 let mut matches: Vec<Version> = Vec::new();
@@ -605,6 +671,7 @@ impl Library {
     /// [`DataError::Corrupt`] naming the version if the content changed; resolution errors as
     /// in [`Library::resolve`].
     pub fn verify(&self, spec: &str) -> Result<Version, DataError> {
+        let _span = tracing::info_span!("verify", spec).entered();
         let v = self.resolve(spec)?;
         let actual = hash_store(&v.path)?;
         if actual != v.id() {
@@ -625,6 +692,7 @@ impl Library {
     /// Resolution errors as in [`Library::resolve`]; [`DataError::Zarr`] or
     /// [`DataError::Metadata`] if the store cannot be read.
     pub fn inspect(&self, spec: &str) -> Result<Inspection, DataError> {
+        let _span = tracing::info_span!("inspect", spec).entered();
         let v = self.resolve(spec)?;
         inspect::inspect(&v)
     }
@@ -636,6 +704,7 @@ impl Library {
     /// # Errors
     /// Resolution errors as in [`Library::resolve`]; [`DataError::Io`].
     pub fn rm(&self, spec: &str) -> Result<Removed, DataError> {
+        let _span = tracing::info_span!("rm", spec).entered();
         let (name, prefix) = parse_spec(spec)?;
         let _lock = self.lock()?;
         let mut nf = self
@@ -644,7 +713,8 @@ impl Library {
         let removed: Vec<String> = match prefix {
             None => {
                 let p = self.name_path(name);
-                std::fs::remove_file(&p).map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
+                std::fs::remove_file(&p)
+                    .map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
                 let mut ids: Vec<String> = nf.versions.iter().map(|r| r.version.clone()).collect();
                 ids.dedup();
                 ids
@@ -654,7 +724,8 @@ impl Library {
                 nf.versions.retain(|r| r.version != id);
                 if nf.versions.is_empty() {
                     let p = self.name_path(name);
-                    std::fs::remove_file(&p).map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
+                    std::fs::remove_file(&p)
+                        .map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
                 } else {
                     self.write_name(&nf)?;
                 }
@@ -675,8 +746,12 @@ impl Library {
             let p = self.version_path(id);
             if p.exists() {
                 // Rename first: readers see the whole store or none of it.
-                let trash = self.root.join("tmp").join(format!("rm-{}", unique_suffix()));
-                std::fs::rename(&p, &trash).map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
+                let trash = self
+                    .root
+                    .join("tmp")
+                    .join(format!("rm-{}", unique_suffix()));
+                std::fs::rename(&p, &trash)
+                    .map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
                 std::fs::remove_dir_all(&trash)
                     .map_err(|e| DataError::io(format!("removing {}", trash.display()), e))?;
                 deleted.push(id.clone());
@@ -720,7 +795,16 @@ mod tests {
         for ok in ["sst", "a.b-c_d", "X1", &"a".repeat(64)] {
             validate_name(ok).unwrap();
         }
-        for bad in ["", ".hidden", "..", "a/b", "../x", "a b", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            ".hidden",
+            "..",
+            "a/b",
+            "../x",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
@@ -728,7 +812,10 @@ mod tests {
     #[test]
     fn specs() {
         assert_eq!(parse_spec("sst").unwrap(), ("sst", None));
-        assert_eq!(parse_spec("sst@AB12").unwrap(), ("sst", Some("ab12".into())));
+        assert_eq!(
+            parse_spec("sst@AB12").unwrap(),
+            ("sst", Some("ab12".into()))
+        );
         assert!(parse_spec("sst@").is_err());
         assert!(parse_spec("sst@xyz").is_err());
         assert!(parse_spec("a/b@12").is_err());

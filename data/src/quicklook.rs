@@ -69,12 +69,21 @@ fn load_font() -> Option<FontVec> {
         candidates.push(f.into());
     }
     candidates.extend(FONTS.iter().map(PathBuf::from));
-    candidates
-        .into_iter()
-        .find_map(|p| std::fs::read(p).ok().and_then(|b| FontVec::try_from_vec(b).ok()))
+    candidates.into_iter().find_map(|p| {
+        std::fs::read(p)
+            .ok()
+            .and_then(|b| FontVec::try_from_vec(b).ok())
+    })
 }
 
-fn draw_text(img: &mut RgbImage, font: &FontVec, px: f32, x: f32, baseline: f32, text: &str) -> f32 {
+fn draw_text(
+    img: &mut RgbImage,
+    font: &FontVec,
+    px: f32,
+    x: f32,
+    baseline: f32,
+    text: &str,
+) -> f32 {
     let scaled = font.as_scaled(PxScale::from(px));
     let mut pen = x;
     for ch in text.chars() {
@@ -100,7 +109,9 @@ fn draw_text(img: &mut RgbImage, font: &FontVec, px: f32, x: f32, baseline: f32,
 
 fn text_width(font: &FontVec, px: f32, text: &str) -> f32 {
     let scaled = font.as_scaled(PxScale::from(px));
-    text.chars().map(|c| scaled.h_advance(font.glyph_id(c))).sum()
+    text.chars()
+        .map(|c| scaled.h_advance(font.glyph_id(c)))
+        .sum()
 }
 
 fn fmt_value(v: f64) -> String {
@@ -147,7 +158,11 @@ pub(crate) fn render(
         .collect();
     if free.len() > 2 {
         // Length-1 dimensions (a single level, say) are fixed at 0.
-        let ones: Vec<usize> = free.iter().copied().filter(|&k| meta.shape[k] == 1).collect();
+        let ones: Vec<usize> = free
+            .iter()
+            .copied()
+            .filter(|&k| meta.shape[k] == 1)
+            .collect();
         for k in ones {
             if free.len() > 2 {
                 sel.push((meta.dims[k].clone(), 0));
@@ -159,7 +174,14 @@ pub(crate) fn render(
         return Err(DataError::Render(format!(
             "{var}({}) with {} fixed leaves {} dimensions; fix all but two (e.g. {}=0)",
             meta.dims.join(", "),
-            if at.is_empty() { "nothing".to_string() } else { at.iter().map(|(d, i)| format!("{d}={i}")).collect::<Vec<_>>().join(", ") },
+            if at.is_empty() {
+                "nothing".to_string()
+            } else {
+                at.iter()
+                    .map(|(d, i)| format!("{d}={i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
             free.len(),
             meta.dims.first().map(String::as_str).unwrap_or("time")
         )));
@@ -175,22 +197,32 @@ pub(crate) fn render(
             None => 0..meta.shape[k],
         })
         .collect();
-    let store = Arc::new(zarrs::filesystem::FilesystemStore::new(&v.path).map_err(|e| DataError::zarr("/", e))?);
-    let array = zarrs::array::Array::open(store.clone(), &format!("/{var}")).map_err(|e| DataError::zarr(var, e))?;
+    let store = Arc::new(
+        zarrs::filesystem::FilesystemStore::new(&v.path).map_err(|e| DataError::zarr("/", e))?,
+    );
+    let array = zarrs::array::Array::open(store.clone(), &format!("/{var}"))
+        .map_err(|e| DataError::zarr(var, e))?;
     let bytes: zarrs::array::ArrayBytes<'static> = array
         .retrieve_array_subset(&zarrs::array::ArraySubset::new_with_ranges(&ranges))
         .map_err(|e| DataError::zarr(var, e))?;
     let raw = bytes.into_fixed().map_err(|e| DataError::zarr(var, e))?;
     let cf = CfDecode::from_attrs(&meta.attrs);
     // Row-major over the selection: the free dims keep their order (rk < ck).
-    let values: Vec<Option<f64>> = meta.dtype.to_f64(&raw).into_iter().map(|x| cf.decode(x)).collect();
+    let values: Vec<Option<f64>> = meta
+        .dtype
+        .to_f64(&raw)
+        .into_iter()
+        .map(|x| cf.decode(x))
+        .collect();
     let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
     for x in values.iter().flatten() {
         min = min.min(*x);
         max = max.max(*x);
     }
     if !min.is_finite() || !max.is_finite() {
-        return Err(DataError::Render(format!("{var}: no valid value in the slice")));
+        return Err(DataError::Render(format!(
+            "{var}: no valid value in the slice"
+        )));
     }
     let missing = values.iter().filter(|x| x.is_none()).count() as u64;
 
@@ -200,7 +232,11 @@ pub(crate) fn render(
     if let Ok(cm) = array_meta(&v.path, &row_dim) {
         let is_y = cm.attrs.get("axis").and_then(Value::as_str) == Some("Y")
             || cm.attrs.get("standard_name").and_then(Value::as_str) == Some("latitude")
-            || cm.attrs.get("units").and_then(Value::as_str).is_some_and(|u| u.starts_with("degrees_north"));
+            || cm
+                .attrs
+                .get("units")
+                .and_then(Value::as_str)
+                .is_some_and(|u| u.starts_with("degrees_north"));
         if is_y && cm.shape.len() == 1 {
             let mut coord = Vec::new();
             for_each_chunk(&store, &cm, |a| coord.extend(a.iter().copied()))?;
@@ -208,7 +244,9 @@ pub(crate) fn render(
         }
     }
 
-    let cell = (600 / cols.max(1)).clamp(1, 16).min((900 / rows.max(1)).max(1)) as u32;
+    let cell = (600 / cols.max(1))
+        .clamp(1, 16)
+        .min((900 / rows.max(1)).max(1)) as u32;
     let margin = 10u32;
     let title_h = 28u32;
     let map_w = cols as u32 * cell;
@@ -222,7 +260,9 @@ pub(crate) fn render(
     let span = if max > min { max - min } else { 1.0 };
     let colour = |x: f64| {
         let t = if max > min { (x - min) / span } else { 0.5 };
-        let (r, g, b) = colorous::VIRIDIS.eval_continuous(t.clamp(0.0, 1.0)).as_tuple();
+        let (r, g, b) = colorous::VIRIDIS
+            .eval_continuous(t.clamp(0.0, 1.0))
+            .as_tuple();
         Rgb([r, g, b])
     };
     for r in 0..rows {
@@ -234,7 +274,11 @@ pub(crate) fn render(
             };
             for dy in 0..cell {
                 for dx in 0..cell {
-                    img.put_pixel(map_x + c as u32 * cell + dx, map_y + ry as u32 * cell + dy, px);
+                    img.put_pixel(
+                        map_x + c as u32 * cell + dx,
+                        map_y + ry as u32 * cell + dy,
+                        px,
+                    );
                 }
             }
         }
@@ -248,40 +292,76 @@ pub(crate) fn render(
             img.put_pixel(margin + x, bar_y + y, Rgb([r, g, b]));
         }
     }
-    let units = meta.attrs.get("units").and_then(Value::as_str).map(str::to_string);
+    let units = meta
+        .attrs
+        .get("units")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let font = load_font();
     if let Some(font) = &font {
-        let long = meta.attrs.get("long_name").and_then(Value::as_str).unwrap_or(var);
+        let long = meta
+            .attrs
+            .get("long_name")
+            .and_then(Value::as_str)
+            .unwrap_or(var);
         let title = match &units {
             Some(u) => format!("{long} [{u}]"),
             None => long.to_string(),
         };
-        draw_text(&mut img, font, 15.0, margin as f32, (margin + 13) as f32, &title);
+        draw_text(
+            &mut img,
+            font,
+            15.0,
+            margin as f32,
+            (margin + 13) as f32,
+            &title,
+        );
         let sub = format!(
             "{}@{}  {}{}",
             v.name,
             &v.id()[..12],
-            sel.iter().map(|(d, i)| format!("{d}={i} ")).collect::<String>(),
+            sel.iter()
+                .map(|(d, i)| format!("{d}={i} "))
+                .collect::<String>(),
             if missing > 0 { "  grey: missing" } else { "" }
         );
-        draw_text(&mut img, font, 11.0, margin as f32, (margin + 26) as f32, &sub);
+        draw_text(
+            &mut img,
+            font,
+            11.0,
+            margin as f32,
+            (margin + 26) as f32,
+            &sub,
+        );
         let lo = fmt_value(min);
         let hi = fmt_value(max);
         let label_y = (bar_y + bar_h + 14) as f32;
         draw_text(&mut img, font, 12.0, margin as f32, label_y, &lo);
         let w = text_width(font, 12.0, &hi);
-        draw_text(&mut img, font, 12.0, (width - margin) as f32 - w, label_y, &hi);
+        draw_text(
+            &mut img,
+            font,
+            12.0,
+            (width - margin) as f32 - w,
+            label_y,
+            &hi,
+        );
         if let Some(u) = &units {
             let w = text_width(font, 12.0, u);
             draw_text(&mut img, font, 12.0, (width as f32 - w) / 2.0, label_y, u);
         }
     } else {
-        tracing::warn!("no font found (install fonts-dejavu-core or set BERTH_FONT): legend without text");
+        tracing::warn!(
+            "no font found (install fonts-dejavu-core or set BERTH_FONT): legend without text"
+        );
     }
-    img.save_with_format(path, image::ImageFormat::Png).map_err(|e| match e {
-        image::ImageError::IoError(io) => DataError::io(format!("writing {}", path.display()), io),
-        other => DataError::Render(format!("encoding {}: {other}", path.display())),
-    })?;
+    img.save_with_format(path, image::ImageFormat::Png)
+        .map_err(|e| match e {
+            image::ImageError::IoError(io) => {
+                DataError::io(format!("writing {}", path.display()), io)
+            }
+            other => DataError::Render(format!("encoding {}: {other}", path.display())),
+        })?;
     Ok(Quicklook {
         width,
         height,

@@ -64,22 +64,30 @@ impl Source {
     }
 
     /// Reads the block `start..start+count` of `var` as native-endian element bytes, row-major.
-    pub(crate) fn read(&self, var: &VarMeta, start: &[u64], count: &[u64]) -> Result<Vec<u8>, DataError> {
+    pub(crate) fn read(
+        &self,
+        var: &VarMeta,
+        start: &[u64],
+        count: &[u64],
+    ) -> Result<Vec<u8>, DataError> {
         match &self.backend {
             Backend::NetCdf(file) => {
-                let v = file.variable(&var.name).ok_or_else(|| DataError::UnreadableSource {
-                    path: self.path.clone(),
-                    reason: format!("variable {:?} disappeared", var.name),
-                })?;
+                let v = file
+                    .variable(&var.name)
+                    .ok_or_else(|| DataError::UnreadableSource {
+                        path: self.path.clone(),
+                        reason: format!("variable {:?} disappeared", var.name),
+                    })?;
                 let ext: Vec<std::ops::Range<usize>> = start
                     .iter()
                     .zip(count)
                     .map(|(&s, &c)| s as usize..(s + c) as usize)
                     .collect();
-                v.get_raw_values(ext).map_err(|e| DataError::UnreadableSource {
-                    path: self.path.clone(),
-                    reason: format!("reading variable {:?}: {e}", var.name),
-                })
+                v.get_raw_values(ext)
+                    .map_err(|e| DataError::UnreadableSource {
+                        path: self.path.clone(),
+                        reason: format!("reading variable {:?}: {e}", var.name),
+                    })
             }
             Backend::Zarr(store) => {
                 let array = zarrs::array::Array::open(store.clone(), &format!("/{}", var.name))
@@ -96,10 +104,12 @@ impl Source {
                         path: self.path.clone(),
                         reason: format!("reading array {:?}: {e}", var.name),
                     })?;
-                let raw = bytes.into_fixed().map_err(|e| DataError::UnreadableSource {
-                    path: self.path.clone(),
-                    reason: format!("array {:?}: {e}", var.name),
-                })?;
+                let raw = bytes
+                    .into_fixed()
+                    .map_err(|e| DataError::UnreadableSource {
+                        path: self.path.clone(),
+                        reason: format!("array {:?}: {e}", var.name),
+                    })?;
                 Ok(raw.into_owned())
             }
         }
@@ -124,7 +134,9 @@ fn open_netcdf(path: &Path) -> Result<Source, DataError> {
     }
     let mut attrs = Map::new();
     for a in file.attributes() {
-        let v = a.value().map_err(|e| nc_err(path, format!("global attribute {:?}: {e}", a.name())))?;
+        let v = a
+            .value()
+            .map_err(|e| nc_err(path, format!("global attribute {:?}: {e}", a.name())))?;
         attrs.insert(a.name().to_string(), netcdf_attr_json(&v));
     }
     let mut vars = Vec::new();
@@ -133,7 +145,9 @@ fn open_netcdf(path: &Path) -> Result<Source, DataError> {
         let vt = v.vartype();
         let dtype = Dtype::from_netcdf(&vt).ok_or_else(|| DataError::Unsupported {
             path: path.to_path_buf(),
-            what: format!("variable {name:?} of NetCDF type {vt:?} (only numeric types are converted)"),
+            what: format!(
+                "variable {name:?} of NetCDF type {vt:?} (only numeric types are converted)"
+            ),
         })?;
         let dims: Vec<String> = v.dimensions().iter().map(|d| d.name()).collect();
         let shape: Vec<u64> = v.dimensions().iter().map(|d| d.len() as u64).collect();
@@ -175,7 +189,8 @@ fn open_netcdf(path: &Path) -> Result<Source, DataError> {
 }
 
 fn read_json(path: &Path) -> Result<Value, DataError> {
-    let text = std::fs::read(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
+    let text =
+        std::fs::read(path).map_err(|e| DataError::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&text).map_err(|e| nc_err(path, format!("not JSON: {e}")))
 }
 
@@ -220,7 +235,11 @@ fn open_zarr(path: &Path) -> Result<Source, DataError> {
     entries.sort();
     let mut vars = Vec::new();
     for dir in entries {
-        let name = dir.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let var = if v3 {
             let p = dir.join("zarr.json");
             if !p.is_file() {
@@ -247,7 +266,11 @@ fn open_zarr(path: &Path) -> Result<Source, DataError> {
             }
             let m = read_json(&p)?;
             let za = dir.join(".zattrs");
-            let a = if za.is_file() { obj(Some(&read_json(&za)?)) } else { Map::new() };
+            let a = if za.is_file() {
+                obj(Some(&read_json(&za)?))
+            } else {
+                Map::new()
+            };
             zarr_v2_var(path, &name, &m, a)?
         };
         vars.push(var);
@@ -280,9 +303,17 @@ fn zarr_v3_var(path: &Path, name: &str, m: &Value) -> Result<VarMeta, DataError>
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| nc_err(path, format!("array {name:?} has unnamed dimensions")))?,
         _ if shape.is_empty() => Vec::new(),
-        _ => return Err(nc_err(path, format!("array {name:?} has no dimension_names"))),
+        _ => {
+            return Err(nc_err(
+                path,
+                format!("array {name:?} has no dimension_names"),
+            ))
+        }
     };
-    let fill_value = m.get("fill_value").cloned().unwrap_or_else(|| dtype.default_fill());
+    let fill_value = m
+        .get("fill_value")
+        .cloned()
+        .unwrap_or_else(|| dtype.default_fill());
     Ok(VarMeta {
         name: name.to_string(),
         dims,
@@ -293,7 +324,12 @@ fn zarr_v3_var(path: &Path, name: &str, m: &Value) -> Result<VarMeta, DataError>
     })
 }
 
-fn zarr_v2_var(path: &Path, name: &str, m: &Value, mut attrs: Map<String, Value>) -> Result<VarMeta, DataError> {
+fn zarr_v2_var(
+    path: &Path,
+    name: &str,
+    m: &Value,
+    mut attrs: Map<String, Value>,
+) -> Result<VarMeta, DataError> {
     let shape = shape_of(path, name, m.get("shape"))?;
     let dt = m.get("dtype").and_then(Value::as_str).unwrap_or("?");
     let dtype = Dtype::from_v2_dtype(dt).ok_or_else(|| DataError::Unsupported {
@@ -310,7 +346,9 @@ fn zarr_v2_var(path: &Path, name: &str, m: &Value, mut attrs: Map<String, Value>
         _ => {
             return Err(nc_err(
                 path,
-                format!("array {name:?} has no _ARRAY_DIMENSIONS attribute (not an xarray data set)"),
+                format!(
+                    "array {name:?} has no _ARRAY_DIMENSIONS attribute (not an xarray data set)"
+                ),
             ))
         }
     };
@@ -319,8 +357,12 @@ fn zarr_v2_var(path: &Path, name: &str, m: &Value, mut attrs: Map<String, Value>
     let fill_value = match m.get("fill_value") {
         None | Some(Value::Null) => dtype.default_fill(),
         Some(v) => {
-            let f = json_number(v).ok_or_else(|| nc_err(path, format!("array {name:?}: bad fill_value {v}")))?;
-            let int = v.as_i64().map(i128::from).or_else(|| v.as_u64().map(i128::from));
+            let f = json_number(v)
+                .ok_or_else(|| nc_err(path, format!("array {name:?}: bad fill_value {v}")))?;
+            let int = v
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| v.as_u64().map(i128::from));
             attrs.insert("_FillValue".into(), encode_fill_attr(dtype, f, int));
             if dtype.is_float() {
                 float_fill_json(f)
@@ -391,7 +433,12 @@ pub(crate) fn blocks(shape: &[u64], item: u64, target: u64) -> Vec<(Vec<u64>, Ve
 }
 
 fn describe(v: &VarMeta) -> String {
-    let dims: Vec<String> = v.dims.iter().zip(&v.shape).map(|(d, n)| format!("{d}={n}")).collect();
+    let dims: Vec<String> = v
+        .dims
+        .iter()
+        .zip(&v.shape)
+        .map(|(d, n)| format!("{d}={n}"))
+        .collect();
     format!("{} {}({})", v.dtype.zarr_name(), v.name, dims.join(", "))
 }
 
@@ -408,7 +455,10 @@ pub(crate) fn plan(sources: &[Source], concat: Option<&str>) -> Result<Plan, Dat
     let attrs = first.meta.attrs.clone();
     let mut vars: Vec<PlanVar> = Vec::new();
     if let Some(dim) = concat {
-        if !sources.iter().all(|s| s.meta.vars.iter().any(|v| v.dims.iter().any(|d| d == dim))) {
+        if !sources
+            .iter()
+            .all(|s| s.meta.vars.iter().any(|v| v.dims.iter().any(|d| d == dim)))
+        {
             let missing: Vec<String> = sources
                 .iter()
                 .filter(|s| !s.meta.vars.iter().any(|v| v.dims.iter().any(|d| d == dim)))
@@ -534,7 +584,12 @@ pub(crate) fn plan(sources: &[Source], concat: Option<&str>) -> Result<Plan, Dat
 
 impl PlanVar {
     /// Reads `start..start+count` of the joined variable, as native-endian bytes.
-    pub(crate) fn read(&self, sources: &[Source], start: &[u64], count: &[u64]) -> Result<Vec<u8>, DataError> {
+    pub(crate) fn read(
+        &self,
+        sources: &[Source],
+        start: &[u64],
+        count: &[u64],
+    ) -> Result<Vec<u8>, DataError> {
         let Some(a) = self.axis.filter(|_| self.parts.len() > 1) else {
             return sources[self.parts[0].0].read(&self.meta, start, count);
         };

@@ -1,4 +1,5 @@
 //! Bad input: each a clear error, and nothing registered or left behind.
+#![allow(clippy::cloned_ref_to_slice_refs)]
 
 mod common;
 
@@ -13,7 +14,11 @@ fn fails(lib: &Library, name: &str, sources: &[PathBuf], opts: IngestOptions) ->
     let err = lib
         .add(name, sources, opts, &|_| {})
         .expect_err("the add should fail");
-    assert_eq!(listing(lib.root()), before, "the library changed after a failed add: {err}");
+    assert_eq!(
+        listing(lib.root()),
+        before,
+        "the library changed after a failed add: {err}"
+    );
     assert!(lib.ls().unwrap().is_empty());
     err
 }
@@ -40,15 +45,28 @@ fn not_netcdf_and_truncated_netcdf() {
         let cut = dir.path().join(format!("cut-{file}"));
         std::fs::write(&cut, &full[..full.len() * 2 / 3]).unwrap();
         let e = fails(&lib, "x", &[cut.clone()], IngestOptions::default());
-        assert!(matches!(e, DataError::UnreadableSource { .. }), "{file}: {e:?}");
+        assert!(
+            matches!(e, DataError::UnreadableSource { .. }),
+            "{file}: {e:?}"
+        );
         msg_contains(&e, &[&format!("cut-{file}")]);
     }
     // A missing file.
-    let e = fails(&lib, "x", &[dir.path().join("absent.nc")], IngestOptions::default());
+    let e = fails(
+        &lib,
+        "x",
+        &[dir.path().join("absent.nc")],
+        IngestOptions::default(),
+    );
     assert!(matches!(e, DataError::Io { .. }), "{e:?}");
     msg_contains(&e, &["absent.nc"]);
     // A directory that is no Zarr store.
-    let e = fails(&lib, "x", &[dir.path().to_path_buf()], IngestOptions::default());
+    let e = fails(
+        &lib,
+        "x",
+        &[dir.path().to_path_buf()],
+        IngestOptions::default(),
+    );
     msg_contains(&e, &["zarr.json"]);
 }
 
@@ -103,7 +121,15 @@ fn bad_chunks() {
 fn bad_names() {
     let (_dir, lib) = library();
     let src = fixture("sst_ndjfm_anom.nc");
-    for name in ["a/b", "..", "../escape", ".hidden", "", "with space", &"n".repeat(65)] {
+    for name in [
+        "a/b",
+        "..",
+        "../escape",
+        ".hidden",
+        "",
+        "with space",
+        &"n".repeat(65),
+    ] {
         let e = fails(&lib, name, &[src.clone()], IngestOptions::default());
         assert!(matches!(e, DataError::InvalidName { .. }), "{name}: {e:?}");
     }
@@ -132,19 +158,23 @@ fn failed_write_removes_the_temporary_store() {
     let before = listing(lib.root());
     let done = std::sync::atomic::AtomicU64::new(0);
     let err = lib
-        .add(
-            "x",
-            &[bad],
-            chunks(&[("time", 1)]),
-            &|p| done.store(p.chunks_done, std::sync::atomic::Ordering::Relaxed),
-        )
+        .add("x", &[bad], chunks(&[("time", 1)]), &|p| {
+            done.store(p.chunks_done, std::sync::atomic::Ordering::Relaxed)
+        })
         .expect_err("corrupt chunks must fail the ingest");
     assert!(
         done.load(std::sync::atomic::Ordering::Relaxed) > 0,
         "the failure should come after some chunks were written: {err}"
     );
     msg_contains(&err, &["corrupt.nc", "noise"]);
-    assert_eq!(listing(lib.root()), before, "the library changed after a failed add: {err}");
-    assert_eq!(std::fs::read_dir(lib.root().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        listing(lib.root()),
+        before,
+        "the library changed after a failed add: {err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(lib.root().join("tmp")).unwrap().count(),
+        0
+    );
     assert!(lib.ls().unwrap().is_empty());
 }

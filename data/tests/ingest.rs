@@ -1,4 +1,5 @@
 //! Ingest of the real fixtures, compared with xarray.
+#![allow(clippy::cloned_ref_to_slice_refs)]
 
 mod common;
 
@@ -28,31 +29,60 @@ fn small_chunks_and_every_codec_read_identical() {
     // Chunks that do not divide the shape: edge chunks are padded with the fill value.
     let (_dir, lib) = library();
     let src = fixture("sst_ndjfm_anom.nc");
-    for (i, codec) in [Codec::Zstd { level: 3 }, Codec::Gzip { level: 6 }, Codec::None].into_iter().enumerate() {
+    for (i, codec) in [
+        Codec::Zstd { level: 3 },
+        Codec::Gzip { level: 6 },
+        Codec::None,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut opts = chunks(&[("time", 7), ("longitude", 8), ("bound", 1)]);
         opts.codec = codec;
         let v = add(&lib, &format!("sst{i}"), &[src.clone()], opts);
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(v.path.join("sst/zarr.json")).unwrap()).unwrap();
-        assert_eq!(meta["chunk_grid"]["configuration"]["chunk_shape"], serde_json::json!([7, 18, 8]));
-        assert_eq!(meta["dimension_names"], serde_json::json!(["time", "latitude", "longitude"]));
-        assert!(v.path.join("sst/c/7/0/3").is_file(), "last edge chunk of sst");
+        assert_eq!(
+            meta["chunk_grid"]["configuration"]["chunk_shape"],
+            serde_json::json!([7, 18, 8])
+        );
+        assert_eq!(
+            meta["dimension_names"],
+            serde_json::json!(["time", "latitude", "longitude"])
+        );
+        assert!(
+            v.path.join("sst/c/7/0/3").is_file(),
+            "last edge chunk of sst"
+        );
         assert_identical(&v.path, "single", &[src.clone()]);
     }
     // The uwnd file (NetCDF-4, float32, a scalar coordinate) with a chunk per month.
     let src = fixture("uwnd_mean.nc");
-    let v = add(&lib, "uwnd", &[src.clone()], chunks(&[("time", 1), ("latitude", 10)]));
+    let v = add(
+        &lib,
+        "uwnd",
+        &[src.clone()],
+        chunks(&[("time", 1), ("latitude", 10)]),
+    );
     assert_identical(&v.path, "single", &[src]);
 }
 
 #[test]
 fn default_chunks_are_whole_small_variables() {
     let (_dir, lib) = library();
-    let v = add(&lib, "hgt", &[fixture("hgt_djf.nc")], IngestOptions::default());
+    let v = add(
+        &lib,
+        "hgt",
+        &[fixture("hgt_djf.nc")],
+        IngestOptions::default(),
+    );
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(v.path.join("z/zarr.json")).unwrap()).unwrap();
     // 65*1*29*49*8 bytes = 739 KiB < 4 MiB: one chunk.
-    assert_eq!(meta["chunk_grid"]["configuration"]["chunk_shape"], serde_json::json!([65, 1, 29, 49]));
+    assert_eq!(
+        meta["chunk_grid"]["configuration"]["chunk_shape"],
+        serde_json::json!([65, 1, 29, 49])
+    );
     assert_eq!(meta["codecs"][1]["name"], "zstd");
     // CF missing_value stays an attribute; the NetCDF had no _FillValue, so none is invented.
     assert_eq!(meta["attributes"]["missing_value"], serde_json::json!(1e20));
@@ -65,7 +95,12 @@ fn merge_of_uwnd_and_vwnd_has_both_variables() {
     let (_dir, lib) = library();
     let u = fixture("uwnd_mean.nc");
     let w = fixture("vwnd_mean.nc");
-    let v = add(&lib, "wind", &[u.clone(), w.clone()], IngestOptions::default());
+    let v = add(
+        &lib,
+        "wind",
+        &[u.clone(), w.clone()],
+        IngestOptions::default(),
+    );
     assert!(v.path.join("uwnd/zarr.json").is_file());
     assert!(v.path.join("vwnd/zarr.json").is_file());
     assert_identical(&v.path, "merge", &[u, w]);
@@ -75,7 +110,9 @@ fn merge_of_uwnd_and_vwnd_has_both_variables() {
 fn concat_of_three_time_slices_equals_the_original() {
     let (dir, lib) = library();
     let src = fixture("sst_ndjfm_anom.nc");
-    let parts: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("part{i}.nc"))).collect();
+    let parts: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("part{i}.nc")))
+        .collect();
     py(
         "import sys, xarray as xr\n\
          ds = xr.open_dataset(sys.argv[1])\n\
@@ -129,7 +166,12 @@ fn progress_reports_every_chunk() {
     let (_dir, lib) = library();
     let seen = std::sync::Mutex::new(Vec::new());
     let v = lib
-        .add("sst", &[fixture("sst_ndjfm_anom.nc")], chunks(&[("time", 10)]), &|p| seen.lock().unwrap().push(p))
+        .add(
+            "sst",
+            &[fixture("sst_ndjfm_anom.nc")],
+            chunks(&[("time", 10)]),
+            &|p| seen.lock().unwrap().push(p),
+        )
         .unwrap();
     let seen = seen.into_inner().unwrap();
     let last = *seen.last().unwrap();
@@ -152,7 +194,13 @@ fn packed_int16_stays_packed_and_decodes_identically() {
     let src = fixture("sst_ndjfm_anom.nc");
     let cases = [
         ("packed64.nc", "NETCDF4", "0.001", "-0.5", "single"),
-        ("packed32.nc", "NETCDF3_64BIT", "np.float32(0.001)", "np.float32(-0.5)", "single-close"),
+        (
+            "packed32.nc",
+            "NETCDF3_64BIT",
+            "np.float32(0.001)",
+            "np.float32(-0.5)",
+            "single-close",
+        ),
     ];
     for (file, format, scale, offset, mode) in cases {
         let out = dir.path().join(file);
@@ -165,7 +213,12 @@ fn packed_int16_stays_packed_and_decodes_identically() {
             ),
             &[&src, &out],
         );
-        let v = add(&lib, file.trim_end_matches(".nc"), &[out.clone()], chunks(&[("time", 9)]));
+        let v = add(
+            &lib,
+            file.trim_end_matches(".nc"),
+            &[out.clone()],
+            chunks(&[("time", 9)]),
+        );
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(v.path.join("sst/zarr.json")).unwrap()).unwrap();
         assert_eq!(meta["data_type"], "int16", "{file}: stays packed");
@@ -173,7 +226,16 @@ fn packed_int16_stays_packed_and_decodes_identically() {
         assert_eq!(meta["attributes"]["_FillValue"], -32767);
         assert_identical(&v.path, mode, &[out]);
         let stats = lib.inspect(file.trim_end_matches(".nc")).unwrap();
-        let s = stats.variables.iter().find(|x| x.name == "sst").unwrap().stats.unwrap();
-        assert!(s.missing > 0 && s.min > -10.0 && s.max < 10.0, "{file}: decoded stats {s:?}");
+        let s = stats
+            .variables
+            .iter()
+            .find(|x| x.name == "sst")
+            .unwrap()
+            .stats
+            .unwrap();
+        assert!(
+            s.missing > 0 && s.min > -10.0 && s.max < 10.0,
+            "{file}: decoded stats {s:?}"
+        );
     }
 }

@@ -1,4 +1,5 @@
 //! Content-addressed versions: resolution, history, verify, rm, inspect.
+#![allow(clippy::cloned_ref_to_slice_refs)]
 
 mod common;
 
@@ -15,11 +16,20 @@ fn same_content_same_version_and_changed_source_new_version() {
     assert_eq!(hash_store(&a.path).unwrap(), a.id());
     let b = add(&lib, "sst", &[src.clone()], IngestOptions::default());
     assert_eq!(a.id(), b.id(), "identical content, identical version");
-    assert_eq!(lib.history("sst").unwrap().len(), 1, "no duplicate history entry");
+    assert_eq!(
+        lib.history("sst").unwrap().len(),
+        1,
+        "no duplicate history entry"
+    );
     // Same content under another name: the same store, not a copy.
     let c = add(&lib, "sst-copy", &[src.clone()], IngestOptions::default());
     assert_eq!(c.path, a.path);
-    assert_eq!(std::fs::read_dir(lib.root().join("versions")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(lib.root().join("versions"))
+            .unwrap()
+            .count(),
+        1
+    );
 
     // Change the source: multiply the anomalies by 2.
     py(
@@ -33,16 +43,27 @@ fn same_content_same_version_and_changed_source_new_version() {
     let before = std::fs::read(a.path.join("sst/c/0/0/0")).unwrap();
     let d = add(&lib, "sst", &[src.clone()], IngestOptions::default());
     assert_ne!(d.id(), a.id());
-    assert_eq!(lib.resolve("sst").unwrap().id(), d.id(), "NAME is the newest");
+    assert_eq!(
+        lib.resolve("sst").unwrap().id(),
+        d.id(),
+        "NAME is the newest"
+    );
     let old = lib.resolve(&format!("sst@{}", &a.id()[..12])).unwrap();
     assert_eq!(old.id(), a.id());
-    assert_eq!(std::fs::read(old.path.join("sst/c/0/0/0")).unwrap(), before, "old version unchanged");
+    assert_eq!(
+        std::fs::read(old.path.join("sst/c/0/0/0")).unwrap(),
+        before,
+        "old version unchanged"
+    );
     lib.verify(&format!("sst@{}", &a.id()[..8])).unwrap();
     assert_identical(&old.path, "single", &[fixture("sst_ndjfm_anom.nc")]);
     assert_identical(&d.path, "single", &[src]);
 
     let ls = lib.ls().unwrap();
-    let names: Vec<_> = ls.iter().map(|s| (s.name.as_str(), s.newest.version.as_str(), s.versions)).collect();
+    let names: Vec<_> = ls
+        .iter()
+        .map(|s| (s.name.as_str(), s.newest.version.as_str(), s.versions))
+        .collect();
     assert_eq!(names, vec![("sst", d.id(), 2), ("sst-copy", a.id(), 1)]);
     assert!(ls[0].newest.stored_bytes > 0);
 }
@@ -54,7 +75,11 @@ fn prefixes_unknown_and_ambiguous() {
     // 17 different chunkings are 17 different versions: two share their first hex digit.
     let mut ids: Vec<String> = Vec::new();
     for t in 1..=17 {
-        ids.push(add(&lib, "sst", &[src.clone()], chunks(&[("time", t)])).id().to_string());
+        ids.push(
+            add(&lib, "sst", &[src.clone()], chunks(&[("time", t)]))
+                .id()
+                .to_string(),
+        );
     }
     let mut sorted = ids.clone();
     sorted.sort();
@@ -66,31 +91,57 @@ fn prefixes_unknown_and_ambiguous() {
         .expect("pigeonhole: two of 17 ids share the first hex digit");
     match lib.resolve(&format!("sst@{}", &pair[0][..1])) {
         Err(DataError::AmbiguousVersion { matches, .. }) => {
-            assert!(matches.contains(&pair[0]) && matches.contains(&pair[1]), "{matches:?}");
+            assert!(
+                matches.contains(&pair[0]) && matches.contains(&pair[1]),
+                "{matches:?}"
+            );
         }
         other => panic!("expected an ambiguous prefix, got {other:?}"),
     }
-    let msg = lib.resolve(&format!("sst@{}", &pair[0][..1])).unwrap_err().to_string();
+    let msg = lib
+        .resolve(&format!("sst@{}", &pair[0][..1]))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains(&pair[0]) && msg.contains(&pair[1]), "{msg}");
     // The full id and a long prefix resolve.
-    assert_eq!(lib.resolve(&format!("sst@{}", pair[1])).unwrap().id(), pair[1]);
+    assert_eq!(
+        lib.resolve(&format!("sst@{}", pair[1])).unwrap().id(),
+        pair[1]
+    );
     // A prefix of no version, an unknown name, a bad spec.
     let none = (0..16u8)
         .map(|d| format!("{d:x}"))
         .map(|d| format!("{d}{d}{d}{d}{d}{d}"))
         .find(|p| !ids.iter().any(|i| i.starts_with(p.as_str())))
         .unwrap();
-    assert!(matches!(lib.resolve(&format!("sst@{none}")), Err(DataError::UnknownVersion { .. })));
-    assert!(matches!(lib.resolve("nope"), Err(DataError::UnknownName(_))));
-    assert!(matches!(lib.resolve("sst@zz"), Err(DataError::UnknownVersion { .. })));
-    assert!(matches!(lib.resolve("../sst"), Err(DataError::InvalidName { .. })));
+    assert!(matches!(
+        lib.resolve(&format!("sst@{none}")),
+        Err(DataError::UnknownVersion { .. })
+    ));
+    assert!(matches!(
+        lib.resolve("nope"),
+        Err(DataError::UnknownName(_))
+    ));
+    assert!(matches!(
+        lib.resolve("sst@zz"),
+        Err(DataError::UnknownVersion { .. })
+    ));
+    assert!(matches!(
+        lib.resolve("../sst"),
+        Err(DataError::InvalidName { .. })
+    ));
     assert_eq!(lib.resolve("sst").unwrap().id(), ids[16]);
 }
 
 #[test]
 fn verify_detects_a_flipped_byte() {
     let (_dir, lib) = library();
-    let v = add(&lib, "sst", &[fixture("sst_ndjfm_anom.nc")], IngestOptions::default());
+    let v = add(
+        &lib,
+        "sst",
+        &[fixture("sst_ndjfm_anom.nc")],
+        IngestOptions::default(),
+    );
     lib.verify("sst").unwrap();
     let chunk = v.path.join("sst/c/0/0/0");
     let mut bytes = std::fs::read(&chunk).unwrap();
@@ -98,7 +149,11 @@ fn verify_detects_a_flipped_byte() {
     bytes[mid] ^= 0x01;
     std::fs::write(&chunk, &bytes).unwrap();
     match lib.verify("sst") {
-        Err(DataError::Corrupt { name, version, actual }) => {
+        Err(DataError::Corrupt {
+            name,
+            version,
+            actual,
+        }) => {
             assert_eq!(name, "sst");
             assert_eq!(version, v.id());
             assert_ne!(actual, v.id());
@@ -110,7 +165,9 @@ fn verify_detects_a_flipped_byte() {
     std::fs::write(&chunk, &bytes).unwrap();
     lib.verify("sst").unwrap();
     let meta = v.path.join("zarr.json");
-    let text = std::fs::read_to_string(&meta).unwrap().replace("CF-1.0", "CF-1.1");
+    let text = std::fs::read_to_string(&meta)
+        .unwrap()
+        .replace("CF-1.0", "CF-1.1");
     std::fs::write(&meta, text).unwrap();
     assert!(lib.verify("sst").unwrap_err().to_string().contains(v.id()));
 }
@@ -145,15 +202,28 @@ fn rm_name_and_version_keeps_shared_stores() {
     assert!(!a.path.exists());
     assert!(lib.ls().unwrap().is_empty());
     assert!(matches!(lib.rm("other"), Err(DataError::UnknownName(_))));
-    assert_eq!(std::fs::read_dir(lib.root().join("versions")).unwrap().count(), 0);
-    assert_eq!(std::fs::read_dir(lib.root().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(lib.root().join("versions"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(lib.root().join("tmp")).unwrap().count(),
+        0
+    );
 }
 
 #[test]
 fn inspect_matches_numpy() {
     let (_dir, lib) = library();
     let src = fixture("hgt_djf.nc");
-    add(&lib, "hgt", &[src.clone()], chunks(&[("time", 7), ("longitude", 20)]));
+    add(
+        &lib,
+        "hgt",
+        &[src.clone()],
+        chunks(&[("time", 7), ("longitude", 20)]),
+    );
     let info = lib.inspect("hgt").unwrap();
     assert_eq!(info.attributes["Conventions"], "CF-1.0");
     let z = info.variables.iter().find(|v| v.name == "z").unwrap();
@@ -186,9 +256,20 @@ fn inspect_matches_numpy() {
     assert_eq!(stats.missing, line[5].parse::<u64>().unwrap());
 
     // sst has missing values (1e20 over land): they are not in the statistics.
-    add(&lib, "sst", &[fixture("sst_ndjfm_anom.nc")], IngestOptions::default());
+    add(
+        &lib,
+        "sst",
+        &[fixture("sst_ndjfm_anom.nc")],
+        IngestOptions::default(),
+    );
     let info = lib.inspect("sst").unwrap();
-    let sst = info.variables.iter().find(|v| v.name == "sst").unwrap().stats.unwrap();
+    let sst = info
+        .variables
+        .iter()
+        .find(|v| v.name == "sst")
+        .unwrap()
+        .stats
+        .unwrap();
     let out = py(
         "import sys, xarray as xr\n\
          v = xr.open_dataset(sys.argv[1]).sst\n\
@@ -197,6 +278,9 @@ fn inspect_matches_numpy() {
     );
     let w: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
     assert!(sst.missing > 0);
-    assert!(close(sst.min, w[0]) && close(sst.mean, w[1]) && close(sst.max, w[2]), "{sst:?} vs {w:?}");
+    assert!(
+        close(sst.min, w[0]) && close(sst.mean, w[1]) && close(sst.max, w[2]),
+        "{sst:?} vs {w:?}"
+    );
     assert_eq!((sst.count, sst.missing), (w[3] as u64, w[4] as u64));
 }

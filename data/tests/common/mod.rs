@@ -8,12 +8,19 @@ use berth_data::{IngestOptions, Library, Version};
 
 /// The real NetCDF fixtures (never copied into the project).
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/data"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/data"
+    ))
 }
 
 pub fn fixture(name: &str) -> PathBuf {
     let p = fixtures().join(name);
-    assert!(p.is_file(), "fixture {} is missing (see ../shared/fixtures/data/README.md)", p.display());
+    assert!(
+        p.is_file(),
+        "fixture {} is missing (see ../shared/fixtures/data/README.md)",
+        p.display()
+    );
     p
 }
 
@@ -76,7 +83,10 @@ pub fn compare(store: &Path, mode: &str, sources: &[PathBuf]) -> Result<(), Stri
 
 pub fn assert_identical(store: &Path, mode: &str, sources: &[PathBuf]) {
     if let Err(e) = compare(store, mode, sources) {
-        panic!("xarray does not read {} identical to {mode} {sources:?}:\n{e}", store.display());
+        panic!(
+            "xarray does not read {} identical to {mode} {sources:?}:\n{e}",
+            store.display()
+        );
     }
 }
 
