@@ -14,22 +14,37 @@ use crate::{Codec, DataError, IngestOptions, IngestProgress};
 /// one leading-dimension row and about this size, unless a row alone is larger).
 pub(crate) const TARGET_CHUNK_BYTES: u64 = 4 << 20;
 
-/// The chunk shape of a variable: whole extent on every dimension except the leading one,
-/// which gets as many rows as fit in [`TARGET_CHUNK_BYTES`]; then `overrides` by dimension
-/// name. Every entry is at least 1 and at most the dimension's length (Zarr chunk shapes are
-/// positive).
+/// The chunk shape of a variable. Default rule: whole extent on every dimension except the
+/// leading one, which gets as many indices as fit in [`TARGET_CHUNK_BYTES`] (at least one).
+/// If one index of the leading dimension alone is larger than that, the leading dimension's
+/// chunk is 1 and the rule applies to the next dimension, and so on, so a default chunk is
+/// never much larger than the target (bounded memory). Then `overrides` by dimension name.
+/// Every entry is at least 1 and at most the dimension's length (Zarr chunk shapes are
+/// positive; a zero-length dimension gets 1).
 pub(crate) fn chunk_shape(var: &PlanVar, overrides: &[(String, u64)]) -> Vec<u64> {
+    let mut chunk = default_chunk_shape(
+        &var.meta.shape,
+        var.meta.dtype.size() as u64,
+        TARGET_CHUNK_BYTES,
+    );
     let shape = &var.meta.shape;
-    let item = var.meta.dtype.size() as u64;
-    let mut chunk: Vec<u64> = shape.iter().map(|&n| n.max(1)).collect();
-    if !shape.is_empty() {
-        let row: u64 = shape[1..].iter().map(|&n| n.max(1)).product::<u64>() * item;
-        chunk[0] = (TARGET_CHUNK_BYTES / row.max(1)).clamp(1, shape[0].max(1));
-    }
     for (i, d) in var.meta.dims.iter().enumerate() {
         if let Some((_, n)) = overrides.iter().find(|(name, _)| name == d) {
             chunk[i] = (*n).clamp(1, shape[i].max(1));
         }
+    }
+    chunk
+}
+
+pub(crate) fn default_chunk_shape(shape: &[u64], item: u64, target: u64) -> Vec<u64> {
+    let mut chunk: Vec<u64> = shape.iter().map(|&n| n.max(1)).collect();
+    for k in 0..shape.len() {
+        let inner: u64 = chunk[k + 1..].iter().product::<u64>().saturating_mul(item);
+        if inner <= target || k + 1 == shape.len() {
+            chunk[k] = (target / inner.max(1)).clamp(1, chunk[k]);
+            break;
+        }
+        chunk[k] = 1;
     }
     chunk
 }
@@ -336,7 +351,39 @@ pub(crate) fn write_store(
 
 #[cfg(test)]
 mod tests {
-    use super::pad;
+    use super::{default_chunk_shape, pad};
+
+    #[test]
+    fn default_chunks() {
+        let mib = 1 << 20;
+        // Small: one chunk.
+        assert_eq!(
+            default_chunk_shape(&[50, 18, 30], 8, 4 * mib),
+            vec![50, 18, 30]
+        );
+        // Leading dimension split: a 1000 x 1000 f32 row is 4 MB, one fits in 4 MiB; 2 MB rows: 2.
+        assert_eq!(
+            default_chunk_shape(&[100, 1000, 1000], 4, 4 * mib),
+            vec![1, 1000, 1000]
+        );
+        assert_eq!(
+            default_chunk_shape(&[100, 500, 1000], 4, 4 * mib),
+            vec![2, 500, 1000]
+        );
+        // One leading index too large: the next dimension is split too.
+        assert_eq!(
+            default_chunk_shape(&[3, 20000, 20000], 8, 4 * mib),
+            vec![1, 26, 20000]
+        );
+        // Even one row of the last dimension too large: split the last dimension.
+        assert_eq!(
+            default_chunk_shape(&[2, 10_000_000], 8, 4 * mib),
+            vec![1, 524288]
+        );
+        // Scalars and empty dimensions.
+        assert_eq!(default_chunk_shape(&[], 8, 4 * mib), Vec::<u64>::new());
+        assert_eq!(default_chunk_shape(&[0, 5], 8, 4 * mib), vec![1, 5]);
+    }
 
     #[test]
     fn pad_places_rows() {

@@ -197,7 +197,7 @@ pub fn default_root() -> PathBuf {
 }
 
 /// Checks a data set name: 1 to 64 characters among ASCII letters, digits, `-`, `_` and `.`,
-/// not starting with `.` (so no `..`, no hidden files, no `/`).
+/// not starting with `.` and without `..` (so no hidden files, no path tricks, no `/`).
 pub fn validate_name(name: &str) -> Result<(), DataError> {
     let bad = |reason| {
         Err(DataError::InvalidName {
@@ -216,6 +216,9 @@ pub fn validate_name(name: &str) -> Result<(), DataError> {
     }
     if name.contains('/') {
         return bad("it contains '/'");
+    }
+    if name.contains("..") {
+        return bad("it contains '..'");
     }
     if !name
         .chars()
@@ -545,11 +548,15 @@ impl Library {
         let dest = self.version_path(&id);
 
         let _lock = self.lock()?;
+        let mut created = false;
         if dest.exists() {
             tracing::info!(version = %id, "identical content already stored");
         } else {
             match std::fs::rename(&tmp_path, &dest) {
-                Ok(()) => tmp.0 = None,
+                Ok(()) => {
+                    tmp.0 = None;
+                    created = true;
+                }
                 Err(_) if dest.exists() => {}
                 Err(e) => {
                     return Err(DataError::io(
@@ -560,24 +567,37 @@ impl Library {
             }
         }
         drop(tmp);
-        let mut nf = self.read_name(name)?.unwrap_or_else(|| NameFile {
-            name: name.to_string(),
-            versions: Vec::new(),
-        });
-        let record = match nf.versions.last() {
-            Some(last) if last.version == id => last.clone(),
-            _ => {
-                let r = VersionRecord {
-                    version: id.clone(),
-                    created: chrono::Utc::now(),
-                    sources: abs,
-                    options: opts,
-                    stored_bytes,
-                    logical_bytes,
-                };
-                nf.versions.push(r.clone());
-                self.write_name(&nf)?;
-                r
+        let registered = (|| {
+            let mut nf = self.read_name(name)?.unwrap_or_else(|| NameFile {
+                name: name.to_string(),
+                versions: Vec::new(),
+            });
+            Ok(match nf.versions.last() {
+                Some(last) if last.version == id => last.clone(),
+                _ => {
+                    let r = VersionRecord {
+                        version: id.clone(),
+                        created: chrono::Utc::now(),
+                        sources: abs,
+                        options: opts,
+                        stored_bytes,
+                        logical_bytes,
+                    };
+                    nf.versions.push(r.clone());
+                    self.write_name(&nf)?;
+                    r
+                }
+            })
+        })();
+        let record = match registered {
+            Ok(r) => r,
+            Err(e) => {
+                // Not registered (e.g. the disk is full): a store this call put in place goes
+                // too (nobody else can reference it: the lock is held).
+                if created {
+                    let _ = self.delete_store(&id);
+                }
+                return Err(e);
             }
         };
         tracing::info!(version = %id, stored_bytes, logical_bytes, elapsed = ?started.elapsed(), "ingested");
@@ -586,6 +606,24 @@ impl Library {
             record,
             path: dest,
         })
+    }
+
+    /// Deletes a version's store if it exists: renamed into `tmp/` first (readers see the
+    /// whole store or none of it), then removed. Returns whether it existed.
+    fn delete_store(&self, id: &str) -> Result<bool, DataError> {
+        let p = self.version_path(id);
+        if !p.exists() {
+            return Ok(false);
+        }
+        let trash = self
+            .root
+            .join("tmp")
+            .join(format!("rm-{}", unique_suffix()));
+        std::fs::rename(&p, &trash)
+            .map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
+        std::fs::remove_dir_all(&trash)
+            .map_err(|e| DataError::io(format!("removing {}", trash.display()), e))?;
+        Ok(true)
     }
 
     /// The history of `name`, oldest first.
@@ -743,17 +781,7 @@ impl Library {
             if referenced.contains(id) || deleted.contains(id) {
                 continue;
             }
-            let p = self.version_path(id);
-            if p.exists() {
-                // Rename first: readers see the whole store or none of it.
-                let trash = self
-                    .root
-                    .join("tmp")
-                    .join(format!("rm-{}", unique_suffix()));
-                std::fs::rename(&p, &trash)
-                    .map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
-                std::fs::remove_dir_all(&trash)
-                    .map_err(|e| DataError::io(format!("removing {}", trash.display()), e))?;
+            if self.delete_store(id)? {
                 deleted.push(id.clone());
             }
         }

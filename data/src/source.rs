@@ -408,26 +408,31 @@ fn digest_var(src: &Source, var: &VarMeta) -> Result<[u8; 32], DataError> {
     Ok(h.finalize().into())
 }
 
-/// Blocks along the leading axis of about `target` bytes, whole extent on the other axes.
+/// Blocks of at most about `target` bytes covering the array (the default chunk grid of
+/// `ingest::default_chunk_shape`), in row-major order: `(start, count)` each.
 pub(crate) fn blocks(shape: &[u64], item: u64, target: u64) -> Vec<(Vec<u64>, Vec<u64>)> {
-    if shape.is_empty() {
-        return vec![(vec![], vec![])];
-    }
     if shape.contains(&0) {
         return Vec::new();
     }
-    let row: u64 = shape[1..].iter().product::<u64>() * item;
-    let n = (target / row.max(1)).clamp(1, shape[0]);
+    let chunk = crate::ingest::default_chunk_shape(shape, item, target);
+    let grid: Vec<u64> = shape
+        .iter()
+        .zip(&chunk)
+        .map(|(n, c)| n.div_ceil(*c))
+        .collect();
+    let total: u64 = grid.iter().product();
     let mut out = Vec::new();
-    let mut s = 0;
-    while s < shape[0] {
-        let c = n.min(shape[0] - s);
+    for lin in 0..total {
+        let mut rest = lin;
         let mut start = vec![0; shape.len()];
-        start[0] = s;
-        let mut count = shape.to_vec();
-        count[0] = c;
+        let mut count = vec![0; shape.len()];
+        for k in (0..shape.len()).rev() {
+            let i = rest % grid[k];
+            rest /= grid[k];
+            start[k] = i * chunk[k];
+            count[k] = chunk[k].min(shape[k] - start[k]);
+        }
         out.push((start, count));
-        s += c;
     }
     out
 }

@@ -155,7 +155,17 @@ fn zarr_v2_store_from_zarr_python_ingests_to_v3() {
     assert!(v2.join(".zgroup").is_file());
     let v = add(&lib, "sstz", &[v2.clone()], chunks(&[("time", 16)]));
     assert_identical(&v.path, "zarr", &[v2]);
-    assert_identical(&v.path, "single", &[src]);
+    assert_identical(&v.path, "single", &[src.clone()]);
+    // A v3 store written by xarray (consolidated metadata, encoded _FillValue attributes).
+    let v3 = dir.path().join("sst_v3.zarr");
+    py(
+        "import sys, xarray as xr\n\
+         xr.open_dataset(sys.argv[1]).to_zarr(sys.argv[2], zarr_format=3)\n",
+        &[&src, &v3],
+    );
+    let x = add(&lib, "sstx", &[v3.clone()], IngestOptions::default());
+    assert_identical(&x.path, "zarr", &[v3]);
+    assert_identical(&x.path, "single", &[src.clone()]);
     // And a v3 store (ours) as a source gives the same content back.
     let again = add(&lib, "sstz3", &[v.path.clone()], chunks(&[("time", 16)]));
     assert_eq!(again.id(), v.id());
