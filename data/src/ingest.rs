@@ -192,29 +192,41 @@ pub(crate) fn write_store(
     opts: &IngestOptions,
     progress: &dyn Fn(IngestProgress),
 ) -> Result<u64, DataError> {
-    write_json(
-        &dir.join("zarr.json"),
-        &json!({"zarr_format": 3, "node_type": "group", "attributes": plan.attrs}),
-    )?;
     let store = Arc::new(
         zarrs::filesystem::FilesystemStore::new(dir).map_err(|e| DataError::zarr("/", e))?,
     );
     let mut arrays = Vec::new();
     let mut chunks = Vec::new();
+    let mut consolidated = Map::new();
     for v in &plan.vars {
         let chunk = chunk_shape(v, &opts.chunks);
         let vdir = dir.join(&v.meta.name);
         std::fs::create_dir(&vdir)
             .map_err(|e| DataError::io(format!("creating {}", vdir.display()), e))?;
-        write_json(
-            &vdir.join("zarr.json"),
-            &array_metadata(v, &chunk, opts.codec),
-        )?;
+        let doc = array_metadata(v, &chunk, opts.codec);
+        write_json(&vdir.join("zarr.json"), &doc)?;
+        consolidated.insert(v.meta.name.clone(), doc);
         let array = zarrs::array::Array::open(store.clone(), &format!("/{}", v.meta.name))
             .map_err(|e| DataError::zarr(&v.meta.name, e))?;
         arrays.push(array);
         chunks.push(chunk);
     }
+    // The group, with zarr-python's inline consolidated metadata (not in the Zarr v3 spec;
+    // `must_understand: false`, so other readers ignore it): `xr.open_zarr(store)` opens it
+    // with one read and without a warning.
+    write_json(
+        &dir.join("zarr.json"),
+        &json!({
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": plan.attrs,
+            "consolidated_metadata": {
+                "kind": "inline",
+                "must_understand": false,
+                "metadata": consolidated,
+            },
+        }),
+    )?;
     // Every chunk of every variable, in order.
     let mut jobs: Vec<(usize, Vec<u64>)> = Vec::new();
     for (vi, v) in plan.vars.iter().enumerate() {

@@ -19,8 +19,11 @@ warnings.simplefilter("ignore", RuntimeWarning)
 
 def main():
     store, mode, sources = sys.argv[1], sys.argv[2], sys.argv[3:]
-    ours = xr.open_zarr(store, consolidated=False, decode_times=True).load()
-    zarr_format = ours.encoding.get("zarr_format")
+    # Our stores carry consolidated metadata: open them as a user would; xarray's warning
+    # about missing consolidated metadata is an error.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Cc]onsolidated.*")
+        ours = xr.open_zarr(store, decode_times=True).load()
     import zarr
     g = zarr.open_group(store, mode="r")
     if g.metadata.zarr_format != 3:
