@@ -166,6 +166,23 @@ fn zarr_v2_store_from_zarr_python_ingests_to_v3() {
     let x = add(&lib, "sstx", &[v3.clone()], IngestOptions::default());
     assert_identical(&x.path, "zarr", &[v3]);
     assert_identical(&x.path, "single", &[src.clone()]);
+    // A sharded v3 store and a zlib-compressed v2 store (zarr-python), ingested to plain v3.
+    let sharded = dir.path().join("sst_sharded.zarr");
+    let zlib = dir.path().join("sst_zlib.zarr");
+    py(
+        "import sys, numcodecs, xarray as xr\n\
+         ds = xr.open_dataset(sys.argv[1])\n\
+         ds.to_zarr(sys.argv[2], zarr_format=3, encoding={'sst': {'chunks': (5, 18, 30), 'shards': (10, 18, 30)}})\n\
+         ds.to_zarr(sys.argv[3], zarr_format=2, consolidated=False, encoding={'sst': {'compressors': [numcodecs.Zlib(level=4)], 'chunks': (7, 18, 30)}})\n",
+        &[&src, &sharded, &zlib],
+    );
+    let meta = std::fs::read_to_string(sharded.join("sst/zarr.json")).unwrap();
+    assert!(meta.contains("sharding_indexed"), "{meta}");
+    for (name, store) in [("sharded", &sharded), ("zlib", &zlib)] {
+        let x = add(&lib, name, &[store.clone()], IngestOptions::default());
+        assert_identical(&x.path, "zarr", &[store.clone()]);
+        assert_identical(&x.path, "single", &[src.clone()]);
+    }
     // And a v3 store (ours) as a source gives the same content back.
     let again = add(&lib, "sstz3", &[v.path.clone()], chunks(&[("time", 16)]));
     assert_eq!(again.id(), v.id());
