@@ -397,6 +397,33 @@ pub(crate) struct Plan {
     pub(crate) vars: Vec<PlanVar>,
 }
 
+/// Attributes that decode the stored values (CF §2.5.1 missing data, §8.1 packing, §4.4
+/// time units and calendar): concatenated pieces must agree on them.
+const DECODING_ATTRS: &[&str] = &[
+    "_FillValue",
+    "missing_value",
+    "scale_factor",
+    "add_offset",
+    "units",
+    "calendar",
+];
+
+/// A decoding attribute of a variable; for `units` and `calendar` of a bounds variable that
+/// has none, its parent's (CF conventions §7.1: bounds inherit them).
+fn decoding_attr<'a>(src: &'a Source, var: &str, key: &str) -> Option<&'a Value> {
+    let v = src.meta.vars.iter().find(|v| v.name == var)?;
+    v.attrs.get(key).or_else(|| {
+        if key != "units" && key != "calendar" {
+            return None;
+        }
+        src.meta
+            .vars
+            .iter()
+            .find(|p| p.attrs.get("bounds").and_then(Value::as_str) == Some(var))
+            .and_then(|p| p.attrs.get(key))
+    })
+}
+
 /// Block size for comparing variables that must agree, bytes.
 const COMPARE_BLOCK: u64 = 8 << 20;
 
@@ -523,6 +550,28 @@ pub(crate) fn plan(sources: &[Source], concat: Option<&str>) -> Result<Plan, Dat
                                     ctx(),
                                     concat.unwrap_or_default()
                                 )));
+                            }
+                            // The raw values are joined: what decodes them must agree.
+                            let first = &sources[p.parts[0].0];
+                            for key in DECODING_ATTRS {
+                                let (x, y) = (
+                                    decoding_attr(first, &p.meta.name, key),
+                                    decoding_attr(src, &v.name, key),
+                                );
+                                if x != y {
+                                    let show = |a: Option<&Value>| {
+                                        a.map(Value::to_string).unwrap_or_else(|| "none".into())
+                                    };
+                                    return Err(DataError::Incompatible(format!(
+                                        "variable {:?}: attribute {key} is {} in {} but {} in {} \
+                                         (the encoded values cannot be joined)",
+                                        v.name,
+                                        show(x),
+                                        sources[p.parts[0].0].path.display(),
+                                        show(y),
+                                        src.path.display()
+                                    )));
+                                }
                             }
                             let off = p.meta.shape[a];
                             p.parts.push((si, off, v.shape[a]));

@@ -89,6 +89,17 @@ fn concat_over_files_whose_other_dimensions_differ() {
     let e = fails(&lib, "x", &[a.clone(), b.clone()], opts.clone());
     assert!(matches!(e, DataError::Incompatible(_)), "{e:?}");
     msg_contains(&e, &["latitude", "a.nc", "b.nc"]);
+    // Pieces whose times are encoded with different units cannot be joined raw.
+    let c = dir.path().join("c.nc");
+    py(
+        "import sys, xarray as xr\n\
+         ds = xr.open_dataset(sys.argv[1])\n\
+         ds.isel(time=slice(25, 50)).to_netcdf(sys.argv[2], encoding={'time': {'units': 'days since 1900-01-01'}})\n",
+        &[&fixture("sst_ndjfm_anom.nc"), &c],
+    );
+    let e = fails(&lib, "x", &[a.clone(), c], opts.clone());
+    assert!(matches!(e, DataError::Incompatible(_)), "{e:?}");
+    msg_contains(&e, &["time", "units", "cannot be joined"]);
     // Concatenating along a dimension that does not exist.
     let e = fails(
         &lib,
