@@ -71,6 +71,79 @@ fn not_netcdf_and_truncated_netcdf() {
 }
 
 #[test]
+fn truncation_check_knows_every_classic_variant() {
+    // CDF-1 (classic), CDF-2 (64-bit offset), CDF-5 (64-bit data), with a record dimension
+    // and without: whole files ingest identical; a file missing its last bytes is refused.
+    let (dir, lib) = library();
+    let src = fixture("sst_ndjfm_anom.nc");
+    for (i, format) in [
+        "NETCDF3_CLASSIC",
+        "NETCDF3_64BIT_OFFSET",
+        "NETCDF3_64BIT_DATA",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for unlimited in [true, false] {
+            let f = dir.path().join(format!("{format}-{unlimited}.nc"));
+            py(
+                &format!(
+                    "import sys, xarray as xr\n\
+                     ds = xr.open_dataset(sys.argv[1])\n\
+                     ds.to_netcdf(sys.argv[2], format='{}', unlimited_dims={})\n",
+                    match *format {
+                        "NETCDF3_64BIT_DATA" => "NETCDF4_CLASSIC",
+                        "NETCDF3_64BIT_OFFSET" => "NETCDF3_64BIT",
+                        f => f,
+                    },
+                    if unlimited { "['time']" } else { "[]" }
+                ),
+                &[&src, &f],
+            );
+            if *format == "NETCDF3_64BIT_DATA" {
+                // xarray cannot write CDF-5; netCDF4 can convert.
+                py(
+                    "import sys, netCDF4\n\
+                     s = netCDF4.Dataset(sys.argv[1])\n\
+                     d = netCDF4.Dataset(sys.argv[2], 'w', format='NETCDF3_64BIT_DATA')\n\
+                     d.setncatts(s.__dict__)\n\
+                     for n, dim in s.dimensions.items(): d.createDimension(n, None if dim.isunlimited() else len(dim))\n\
+                     for n, v in s.variables.items():\n\
+                     \x20   w = d.createVariable(n, v.dtype, v.dimensions, fill_value=getattr(v, '_FillValue', None))\n\
+                     \x20   w.setncatts({k: v.getncattr(k) for k in v.ncattrs() if k != '_FillValue'})\n\
+                     \x20   w[...] = v[...]\n\
+                     d.close()\n",
+                    &[&f.clone(), &dir.path().join("cdf5.nc")],
+                );
+                std::fs::rename(dir.path().join("cdf5.nc"), &f).unwrap();
+            }
+            let magic = std::fs::read(&f).unwrap()[..4].to_vec();
+            assert_eq!(magic, [b'C', b'D', b'F', [1u8, 2, 5][i]], "{format}");
+            let v = add(
+                &lib,
+                &format!("ok{i}{unlimited}"),
+                &[f.clone()],
+                IngestOptions::default(),
+            );
+            assert_identical(&v.path, "single", &[f.clone()]);
+            let full = std::fs::read(&f).unwrap();
+            let cut = dir.path().join(format!("cut-{format}-{unlimited}.nc"));
+            std::fs::write(&cut, &full[..full.len() - 1]).unwrap();
+            let before = listing(lib.root());
+            let e = lib
+                .add("cut", &[cut], IngestOptions::default(), &|_| {})
+                .expect_err("one byte short");
+            assert!(
+                matches!(e, DataError::UnreadableSource { .. }),
+                "{format}: {e:?}"
+            );
+            msg_contains(&e, &["truncated"]);
+            assert_eq!(listing(lib.root()), before);
+        }
+    }
+}
+
+#[test]
 fn concat_over_files_whose_other_dimensions_differ() {
     let (dir, lib) = library();
     let a = dir.path().join("a.nc");
