@@ -753,8 +753,12 @@ impl Library {
                 let p = self.name_path(name);
                 std::fs::remove_file(&p)
                     .map_err(|e| DataError::io(format!("removing {}", p.display()), e))?;
-                let mut ids: Vec<String> = nf.versions.iter().map(|r| r.version.clone()).collect();
-                ids.dedup();
+                let mut ids: Vec<String> = Vec::new();
+                for r in &nf.versions {
+                    if !ids.contains(&r.version) {
+                        ids.push(r.version.clone());
+                    }
+                }
                 ids
             }
             Some(_) => {

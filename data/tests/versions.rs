@@ -181,6 +181,20 @@ fn rm_name_and_version_keeps_shared_stores() {
     let shared = add(&lib, "other", &[src.clone()], chunks(&[("time", 10)]));
     assert_eq!(shared.id(), a.id());
 
+    // Re-adding a's content makes it the newest again (history a, b, a).
+    assert_eq!(
+        add(&lib, "sst", &[src.clone()], chunks(&[("time", 10)])).id(),
+        a.id()
+    );
+    assert_eq!(lib.resolve("sst").unwrap().id(), a.id());
+    assert_eq!(lib.history("sst").unwrap().len(), 3);
+    // Remove the newest entry... by prefix of a: every entry of a goes; b is newest again.
+    let r = lib.rm(&format!("sst@{}", &a.id()[..10])).unwrap();
+    assert_eq!(r.unregistered, vec![a.id().to_string()]);
+    assert!(r.deleted.is_empty(), "\"other\" still has it");
+    assert_eq!(lib.resolve("sst").unwrap().id(), b.id());
+    add(&lib, "sst", &[src.clone()], chunks(&[("time", 10)]));
+    assert_eq!(lib.resolve("sst").unwrap().id(), a.id());
     // One version: b is unregistered and deleted (nobody else has it).
     let r = lib.rm(&format!("sst@{}", &b.id()[..10])).unwrap();
     assert_eq!(r.unregistered, vec![b.id().to_string()]);
