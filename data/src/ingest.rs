@@ -230,24 +230,7 @@ pub(crate) fn write_store(
     // Every chunk of every variable, in order.
     let mut jobs: Vec<(usize, Vec<u64>)> = Vec::new();
     for (vi, v) in plan.vars.iter().enumerate() {
-        let grid: Vec<u64> = v
-            .meta
-            .shape
-            .iter()
-            .zip(&chunks[vi])
-            .map(|(&n, &c)| n.div_ceil(c))
-            .collect();
-        if grid.contains(&0) {
-            continue;
-        }
-        let total: u64 = grid.iter().product();
-        for lin in 0..total {
-            let mut idx = vec![0u64; grid.len()];
-            let mut rest = lin;
-            for k in (0..grid.len()).rev() {
-                idx[k] = rest % grid[k];
-                rest /= grid[k];
-            }
+        for idx in crate::chunk_indices(&v.meta.shape, &chunks[vi]) {
             jobs.push((vi, idx));
         }
     }

@@ -168,23 +168,7 @@ pub(crate) fn for_each_chunk(
 ) -> Result<(), DataError> {
     let array = zarrs::array::Array::open(store.clone(), &format!("/{}", meta.name))
         .map_err(|e| DataError::zarr(&meta.name, e))?;
-    let grid: Vec<u64> = meta
-        .shape
-        .iter()
-        .zip(&meta.chunk)
-        .map(|(&n, &c)| n.div_ceil(c))
-        .collect();
-    if grid.contains(&0) {
-        return Ok(());
-    }
-    let total: u64 = grid.iter().product();
-    for lin in 0..total {
-        let mut idx = vec![0u64; grid.len()];
-        let mut rest = lin;
-        for k in (0..grid.len()).rev() {
-            idx[k] = rest % grid[k];
-            rest /= grid[k];
-        }
+    for idx in crate::chunk_indices(&meta.shape, &meta.chunk) {
         let subset = array
             .chunk_subset_bounded(&idx)
             .map_err(|e| DataError::zarr(&meta.name, e))?;

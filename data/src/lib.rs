@@ -339,6 +339,31 @@ fn unique_suffix() -> String {
 }
 
 /// Parses `NAME` or `NAME@HEXPREFIX`.
+/// Every chunk's grid index of an array of `shape` in chunks of `chunk` (elements per
+/// dimension), in C order (last dimension fastest), as the Zarr v3 spec's regular chunk grid
+/// numbers them. None for an array with an empty dimension; one (`[]`) for a scalar.
+fn chunk_indices(shape: &[u64], chunk: &[u64]) -> impl Iterator<Item = Vec<u64>> {
+    let grid: Vec<u64> = shape
+        .iter()
+        .zip(chunk)
+        .map(|(&n, &c)| n.div_ceil(c.max(1)))
+        .collect();
+    let total: u64 = if grid.contains(&0) {
+        0
+    } else {
+        grid.iter().product()
+    };
+    (0..total).map(move |lin| {
+        let mut idx = vec![0u64; grid.len()];
+        let mut rest = lin;
+        for k in (0..grid.len()).rev() {
+            idx[k] = rest % grid[k];
+            rest /= grid[k];
+        }
+        idx
+    })
+}
+
 fn parse_spec(spec: &str) -> Result<(&str, Option<String>), DataError> {
     match spec.split_once('@') {
         None => {
@@ -820,6 +845,27 @@ impl Library {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chunk_indices_follow_c_order() {
+        let all: Vec<Vec<u64>> = super::chunk_indices(&[3, 5], &[2, 2]).collect();
+        assert_eq!(
+            all,
+            vec![
+                vec![0, 0],
+                vec![0, 1],
+                vec![0, 2],
+                vec![1, 0],
+                vec![1, 1],
+                vec![1, 2]
+            ]
+        );
+        assert_eq!(super::chunk_indices(&[0, 5], &[1, 1]).count(), 0);
+        assert_eq!(
+            super::chunk_indices(&[], &[]).collect::<Vec<_>>(),
+            vec![Vec::<u64>::new()]
+        );
+    }
+
     use super::*;
 
     #[test]
