@@ -307,6 +307,21 @@ fn docker_load_and_podman_load_take_the_file_as_it_is() {
         .output();
 }
 
+/// `berth rebuild FILE --offline --sources-dir SOURCES EXTRA…`.
+fn rebuild_offline(file: &Path, sources: &Path, extra: &[&str]) -> std::process::Output {
+    berth()
+        .args([
+            "rebuild",
+            file.to_str().unwrap(),
+            "--offline",
+            "--sources-dir",
+        ])
+        .arg(sources)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn an_imported_bundle_runs_a_dask_sum_on_two_workers_and_rebuilds_offline() {
     let e = exported();
@@ -360,17 +375,7 @@ fn an_imported_bundle_runs_a_dask_sum_on_two_workers_and_rebuilds_offline() {
     // wheel can be taken away below): same env hash, same kernel packages.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let sources = dir.path().join("sources");
-    let out = berth()
-        .args([
-            "rebuild",
-            e.file.to_str().unwrap(),
-            "--offline",
-            "--sources-dir",
-            sources.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = rebuild_offline(&e.file, &sources, &["--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -400,16 +405,7 @@ fn an_imported_bundle_runs_a_dask_sum_on_two_workers_and_rebuilds_offline() {
     assert_eq!(gone.len(), 1, "{gone:?}");
     std::fs::remove_file(&gone[0]).unwrap();
     let images = all_images();
-    let out = berth()
-        .args([
-            "rebuild",
-            e.file.to_str().unwrap(),
-            "--offline",
-            "--sources-dir",
-            sources.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = rebuild_offline(&e.file, &sources, &[]);
     refused(&out, &victim);
     assert_eq!(all_images(), images, "a failed rebuild tags nothing");
 }

@@ -56,6 +56,23 @@ fn copy_hashed(
     }
 }
 
+/// `path` with `suffix` appended to its file name (`b.tar` → `b.tar.partial`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Creates (or empties) the file at `path` for reading and writing.
+fn create_rw(path: &Path) -> io::Result<File> {
+    File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+}
+
 fn header(path: &str, size: u64, mtime: u64) -> io::Result<tar::Header> {
     let mut h = tar::Header::new_ustar();
     h.set_path(path)?;
@@ -116,17 +133,9 @@ impl BundleWriter {
     /// # Errors
     /// [`BundleError::Io`] when the partial file cannot be created.
     pub fn create(path: &Path, mtime: u64) -> Result<Self, BundleError> {
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
+        let partial = sibling(path, ".partial");
         // Read too: a blob that comes before its turn is copied back out (see `expect_order`).
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&partial)
-            .map_err(|e| BundleError::io(&partial, e))?;
+        let file = create_rw(&partial).map_err(|e| BundleError::io(&partial, e))?;
         Ok(Self {
             out: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
@@ -213,15 +222,8 @@ impl BundleWriter {
     fn move_to_spill(&mut self, sha: &str, start: u64, size: u64) -> io::Result<()> {
         self.out.flush()?;
         if self.spill.is_none() {
-            let mut name = self.path.as_os_str().to_owned();
-            name.push(".spill");
-            let path = PathBuf::from(name);
-            let f = File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)?;
+            let path = sibling(&self.path, ".spill");
+            let f = create_rw(&path)?;
             self.spill = Some((path, f));
         }
         let Some((_, spill)) = self.spill.as_mut() else {
