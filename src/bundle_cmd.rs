@@ -250,6 +250,7 @@ pub(crate) async fn outcome_of_bundle(
         buildpack: m.buildpack.clone().unwrap_or_default(),
         cached_env: !imported.loaded,
         seconds: started.elapsed().as_secs_f64(),
+        data: Vec::new(),
     };
     Ok((
         outcome,

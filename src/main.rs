@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 mod bundle_cmd;
+mod data_cmd;
 use berth_builder::{BuildEvent, BuildOutcome, BuildRequest, Engine, Phase};
 use berth_launcher::{Backend, DockerBackend, Limits, OpenPath, SessionSpec};
 use clap::{Args, Parser, Subcommand};
@@ -85,6 +86,9 @@ enum Command {
     /// Rebuild a bundle's environment from its sources with no network, and report whether
     /// the env hash and the kernel's packages are the same.
     Rebuild(bundle_cmd::RebuildArgs),
+    /// The data library: add NetCDF/Zarr as versioned Zarr v3 data sets, list, inspect,
+    /// verify, remove, and draw them.
+    Data(data_cmd::DataArgs),
     /// Stop sessions whose Jupyter server has been idle for longer than --max-idle.
     Cull {
         /// Idle time after which a session is stopped (e.g. 30m, 2h).
@@ -134,9 +138,18 @@ struct SessionOpts {
     /// exist; DEST is absolute. Repeatable.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DEST")]
     volume: Vec<String>,
+    /// A data set of berth's data library (see berth data), NAME or NAME@VERSION, mounted
+    /// read-only at /data/NAME in the Jupyter (or command) container and on every worker.
+    /// Repeatable; added to those the repository's berth-data.txt names.
+    #[arg(long = "data", value_name = "NAME[@VERSION]")]
+    data: Vec<String>,
+    /// The data library's root (default: $BERTH_DATA_DIR, else $XDG_DATA_HOME/berth/data,
+    /// else ~/.local/share/berth/data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
-/// The `-e` and `-v` of a session, parsed and checked.
+/// The `-e`, `-v` and `--data` of a session, parsed and checked.
 struct SessionExtras {
     env: Vec<(String, String)>,
     volumes: Vec<berth_launcher::Volume>,
@@ -157,7 +170,35 @@ impl SessionOpts {
             .iter()
             .map(|v| berth_launcher::Volume::parse(v, &cwd))
             .collect::<Result<Vec<_>, _>>()?;
+        // Resolved now, so an unknown data set costs no build and starts nothing.
+        self.data_mounts(&[])?;
         Ok(SessionExtras { env, volumes })
+    }
+
+    /// The data sets to mount: `--data`, then those `image` declares (its
+    /// `berth.data.requires` label, from the repository's berth-data.txt), exact versions.
+    fn data_mounts(&self, declared: &[String]) -> anyhow::Result<Vec<berth_launcher::DataMount>> {
+        data_cmd::session_data(&self.data_dir, &self.data, declared)
+    }
+
+    /// The data sets of a session of `image`: `--data` and those its label declares.
+    async fn data_for(
+        &self,
+        engine: &Engine,
+        image: &str,
+    ) -> anyhow::Result<Vec<berth_launcher::DataMount>> {
+        let declared: Vec<String> = engine
+            .image(image)
+            .await?
+            .and_then(|i| i.labels.get(berth_builder::labels::DATA).cloned())
+            .map(|l| {
+                l.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.data_mounts(&declared)
     }
 
     fn spec(&self, image: &str, source: &str) -> SessionSpec {
@@ -511,6 +552,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(args) => bundle_cmd::export(args).await,
         Command::Import(args) => bundle_cmd::import(args).await,
         Command::Rebuild(args) => bundle_cmd::rebuild(args).await,
+        Command::Data(args) => data_cmd::data(args).await,
         Command::Cull { max_idle, sessions } => {
             let backend = DockerBackend::connect().await?;
             for id in &sessions {
@@ -828,6 +870,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         spec.repo_dir = req.repo_dir.clone();
         spec.env = extras.env;
         spec.volumes = extras.volumes;
+        spec.data = args.session.data_for(&engine, &outcome.image).await?;
         spec.open = args.open.open();
         spec.port = args.port;
         spec.labels = session_labels(&outcome, &req);
@@ -885,6 +928,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         spec.repo_dir = req.repo_dir.clone();
         spec.env = extras.env;
         spec.volumes = extras.volumes;
+        spec.data = args.session.data_for(&engine, &outcome.image).await?;
         spec.command = Some(args.command.clone());
         spec.labels = session_labels(&outcome, &req);
         spec.labels.extend(bundle);

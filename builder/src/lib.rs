@@ -82,6 +82,10 @@ pub mod labels {
     pub const USER_NAME: &str = "berth.user_name";
     /// The folder of the repository that was built (`--subdir`), when not the root.
     pub const SUBDIR: &str = "berth.subdir";
+    /// The data sets the repository's `berth-data.txt` names, `NAME` or `NAME@VERSION`
+    /// joined with `,` (repository images only; absent when the file names none). Launching
+    /// mounts each at `/data/NAME`.
+    pub const DATA: &str = "berth.data.requires";
     /// The prefix of berth's own label keys, which `--label` may not set.
     pub const PREFIX: &str = "berth.";
 }
@@ -635,6 +639,11 @@ pub struct BuildOutcome {
     pub cached_env: bool,
     /// Wall-clock duration of the whole build, in seconds.
     pub seconds: f64,
+    /// The data sets the repository's `berth-data.txt` names (`NAME` or `NAME@VERSION`),
+    /// also recorded in the image's [`labels::DATA`] label; empty without the file (and for a
+    /// Dockerfile repository, whose image is its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<String>,
 }
 
 /// Fetches the repository of `req` (blocking work on a worker thread), narrowed to
@@ -1090,6 +1099,12 @@ async fn build_inner(
             .await?;
     }
 
+    // Not in the env hash: data are mounted at launch, not built in.
+    let data = if plan.dockerfile.is_some() {
+        Vec::new()
+    } else {
+        berth_buildpacks::data_requirements(&co.files)?
+    };
     let image = if plan.dockerfile.is_some() {
         if let Some(name) = &req.image_name {
             tag(engine, &env_image, name).await?;
@@ -1106,6 +1121,9 @@ async fn build_inner(
         l.extend(req.labels.clone());
         l.insert(labels::KIND.to_string(), "repo".into());
         l.insert(labels::TREE.to_string(), co.tree.clone());
+        if !data.is_empty() {
+            l.insert(labels::DATA.to_string(), data.join(","));
+        }
         // Reused only when every label would be the same: the same tree and environment
         // fetched from another URL, ref or commit gets its own (thin, cheap) layer, so the
         // labels always tell where the image came from.
@@ -1155,6 +1173,7 @@ async fn build_inner(
         buildpack: plan.buildpack,
         cached_env,
         seconds: started.elapsed().as_secs_f64(),
+        data,
     })
 }
 

@@ -12,6 +12,7 @@
 
 mod addons;
 mod conda;
+mod data;
 mod locks;
 mod pipfile;
 mod python;
@@ -22,6 +23,7 @@ mod support;
 use serde::{Deserialize, Serialize};
 
 pub use conda::{conda_to_pypi, CondaMapping};
+pub use data::{data_requirements, parse_data_txt, DATA_FILE};
 pub use render::{render_dockerfile, template_source, RenderOptions, ENTRYPOINT_SCRIPT};
 pub use repo::{FileEntry, RepoFiles};
 pub use support::{

@@ -47,6 +47,8 @@ mod label {
     pub const ENV: &str = "berth.env";
     /// The `-v/--volume` mounts, a JSON array of [`crate::Volume`] objects.
     pub const VOLUMES: &str = "berth.volumes";
+    /// The data sets mounted at `/data/NAME`: `NAME@<version>,…` ([`crate::data_label`]).
+    pub const DATA: &str = "berth.data";
     /// On an image: the uid of the user berth's template created (set by the builder).
     pub const IMAGE_USER_ID: &str = "berth.user_id";
 }
@@ -546,7 +548,20 @@ impl DockerBackend {
         for v in &spec.volumes {
             v.check()?;
         }
-        let binds: Vec<String> = spec.volumes.iter().map(crate::Volume::bind).collect();
+        // Data sets are read-only bind mounts like the others, so recording every mount in
+        // one label lets `scale` give new workers the data too.
+        let mut volumes = spec.volumes.clone();
+        for d in &spec.data {
+            let v = d.volume()?;
+            if volumes.iter().any(|o| o.target == v.target) {
+                return Err(LaunchError::InvalidVolume {
+                    spec: v.bind(),
+                    reason: format!("{} is mounted twice", v.target),
+                });
+            }
+            volumes.push(v);
+        }
+        let binds: Vec<String> = volumes.iter().map(crate::Volume::bind).collect();
         // The image decides who runs it and where its repository is.
         let (user, repo_dir) = self.image_runtime(&spec.image, &spec.repo_dir).await?;
         let mut common: HashMap<String, String> = spec.labels.iter().cloned().collect();
@@ -572,11 +587,14 @@ impl DockerBackend {
                 serde_json::to_string(&spec.env).unwrap_or_default(),
             );
         }
-        if !spec.volumes.is_empty() {
+        if !volumes.is_empty() {
             common.insert(
                 label::VOLUMES.into(),
-                serde_json::to_string(&spec.volumes).unwrap_or_default(),
+                serde_json::to_string(&volumes).unwrap_or_default(),
             );
+        }
+        if !spec.data.is_empty() {
+            common.insert(label::DATA.into(), crate::data_label(&spec.data));
         }
         common.insert(
             label::DEADLINE.into(),
@@ -947,6 +965,11 @@ impl DockerBackend {
             dashboard_url,
             created: get(label::CREATED).parse().unwrap_or(0),
             status,
+            data: get(label::DATA)
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(str::to_string)
+                .collect(),
         })
     }
 }

@@ -271,6 +271,63 @@ impl Volume {
     }
 }
 
+/// Where data sets of berth's data library appear in a session's containers: `/data/NAME`.
+pub const DATA_MOUNT_ROOT: &str = "/data";
+
+/// One version of a data set of berth's data library (a Zarr v3 store on the host), mounted
+/// read-only at `/data/NAME` ([`DATA_MOUNT_ROOT`]) in a session's Jupyter (or command)
+/// container and on every worker, including workers `scale` adds later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataMount {
+    /// The data set's name (berth-data's rules: 1 to 64 of `[A-Za-z0-9._-]`, not starting
+    /// with `.`, no `..`).
+    pub name: String,
+    /// The exact version id (SHA-256, 64 lower-case hex digits).
+    pub version: String,
+    /// The version's store directory on the host (absolute).
+    pub source: String,
+}
+
+impl DataMount {
+    /// The read-only bind mount of the store at `/data/NAME`.
+    ///
+    /// # Errors
+    /// [`LaunchError::InvalidVolume`] for a name that is not a data set name, or paths
+    /// [`Volume::check`] refuses.
+    pub fn volume(&self) -> Result<Volume, LaunchError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && !self.name.starts_with('.')
+            && !self.name.contains("..")
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let v = Volume {
+            source: self.source.clone(),
+            target: format!("{DATA_MOUNT_ROOT}/{}", self.name),
+            read_only: true,
+        };
+        if !name_ok {
+            return Err(LaunchError::InvalidVolume {
+                spec: v.bind(),
+                reason: format!("{:?} is not a data set name", self.name),
+            });
+        }
+        v.check()?;
+        Ok(v)
+    }
+}
+
+/// The session label value naming the data sets mounted: `NAME@<version>` entries joined
+/// with `,`, in the order given (names and versions hold no `,` or `@`).
+pub fn data_label(data: &[DataMount]) -> String {
+    data.iter()
+        .map(|d| format!("{}@{}", d.name, d.version))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Resource limits of every container of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -373,6 +430,10 @@ pub struct SessionSpec {
     /// Dask tasks read the same files as the notebook. Recorded in labels: workers that
     /// `scale` adds get them too.
     pub volumes: Vec<Volume>,
+    /// Data sets of berth's data library, each mounted read-only at `/data/NAME` in the
+    /// Jupyter (or command) container and on every worker (workers `scale` adds too); their
+    /// exact versions are recorded in the session's label `berth.data` ([`data_label`]).
+    pub data: Vec<DataMount>,
     /// How long to wait for readiness.
     pub ready_timeout: Duration,
     /// Whether the session's containers may reach services of the host through the bridge
@@ -401,6 +462,7 @@ impl SessionSpec {
             repo_dir: "/home/jovyan".into(),
             env: Vec::new(),
             volumes: Vec::new(),
+            data: Vec::new(),
             ready_timeout: Duration::from_secs(180),
             host_access: false,
         }
@@ -466,6 +528,10 @@ pub struct Session {
     pub created: i64,
     /// How the session is doing.
     pub status: SessionStatus,
+    /// The data sets mounted at `/data/NAME`, as `NAME@<version id>` (its `berth.data`
+    /// label); empty when none.
+    #[serde(default)]
+    pub data: Vec<String>,
 }
 
 /// Where sessions run. Nothing above this trait knows which engine it is.

@@ -190,6 +190,7 @@ impl BuildHub {
                     commit: out.commit,
                     env_hash: out.env_hash,
                     cached_env: out.cached_env,
+                    data: out.data,
                 },
                 Err(e) => Event::failed(500, failure_message(&e)),
             });

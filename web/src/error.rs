@@ -63,6 +63,9 @@ pub enum WebError {
     /// The session's image is no longer in the engine.
     #[error("the session's image is no longer on this server")]
     ImageGone,
+    /// A `data=` launch parameter that names no valid data set (or one not in the library).
+    #[error("{0}")]
+    BadData(String),
     /// The export failed (details in the server's log, which may name its own paths).
     #[error("the environment could not be exported: {0}")]
     Export(String),
@@ -75,9 +78,10 @@ impl WebError {
             WebError::Spec(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            WebError::NotEventStream | WebError::BadPath(_) | WebError::BadWebSocket => {
-                StatusCode::BAD_REQUEST
-            }
+            WebError::NotEventStream
+            | WebError::BadPath(_)
+            | WebError::BadWebSocket
+            | WebError::BadData(_) => StatusCode::BAD_REQUEST,
             WebError::NoSession | WebError::ExportOff | WebError::ImageGone => {
                 StatusCode::NOT_FOUND
             }

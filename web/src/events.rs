@@ -38,6 +38,10 @@ pub enum Event {
         env_hash: String,
         /// Whether the environment image was reused without a build.
         cached_env: bool,
+        /// The data sets the repository's `berth-data.txt` names (berth's own; absent when
+        /// none), mounted at launch.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        data: Vec<String>,
     },
     /// The session is starting.
     Launching {

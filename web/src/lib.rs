@@ -17,6 +17,7 @@ pub mod export;
 pub mod policy;
 pub mod providers;
 mod proxy;
+pub mod session_data;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -342,15 +343,43 @@ fn raw_spec(uri: &Uri) -> (String, String) {
     (provider.to_string(), spec.to_string())
 }
 
+/// The data sets of the launch parameter `data=NAME[@VERSION]` (repeatable, or several
+/// comma-separated), percent-decoded, each checked with [`session_data::check_spec`]; in
+/// order, each once. (Read from the raw query: the typed query keeps one value per key.)
+fn data_params(uri: &Uri) -> Result<Vec<String>, WebError> {
+    let mut out: Vec<String> = Vec::new();
+    for pair in uri.query().unwrap_or("").split('&') {
+        let Some(v) = pair.strip_prefix("data=") else {
+            continue;
+        };
+        let v = v.replace('+', " ");
+        let v = percent_encoding::percent_decode_str(&v).decode_utf8_lossy();
+        for spec in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if spec.len() > 140 {
+                return Err(WebError::BadData(format!(
+                    "data set {:?} is too long",
+                    providers::shorten(spec)
+                )));
+            }
+            session_data::check_spec(spec).map_err(|e| WebError::BadData(e.to_string()))?;
+            if !out.iter().any(|o| o == spec) {
+                out.push(spec.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn resolve_launch(
     state: &AppState,
     uri: &Uri,
     q: &LaunchQuery,
-) -> Result<(RepoSpec, String), WebError> {
+) -> Result<(RepoSpec, String, Vec<String>), WebError> {
     let (provider, spec) = raw_spec(uri);
     let repo = providers::resolve(&state.config, &provider, &spec)?;
     let open = q.open_path()?;
-    Ok((repo, open))
+    let data = data_params(uri)?;
+    Ok((repo, open, data))
 }
 
 async fn loading_page(
@@ -359,7 +388,7 @@ async fn loading_page(
     Query(q): Query<LaunchQuery>,
 ) -> Response {
     match resolve_launch(&state, &uri, &q) {
-        Ok((repo, open)) => render(
+        Ok((repo, open, _)) => render(
             LOADING_HTML,
             minijinja::context! {
                 build_path => format!("/build/{}/{}", repo.provider, repo.spec),
@@ -411,7 +440,7 @@ async fn build_events(
     if !accepts {
         return Err(WebError::NotEventStream.into());
     }
-    let (repo, open) = resolve_launch(&state, &uri, &q)?;
+    let (repo, open, data) = resolve_launch(&state, &uri, &q)?;
     let (tx, rx) = mpsc::channel(64);
     let full = format!("{}/{}", repo.provider, repo.spec);
     let shown = providers::shorten(&full);
@@ -428,7 +457,24 @@ async fn build_events(
         let _ = tx.try_send(Event::failed(403, message));
         return Ok(sse(rx));
     }
-    tokio::spawn(run_request(state, repo, open, q.build_only(), tx));
+    // Data sets asked for must exist before anything is built.
+    if !data.is_empty() {
+        let root = state.config.data_root();
+        let asked = data.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || session_data::resolve_data(&root, &asked, &[]))
+                .await;
+        let problem = match checked {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(message) = problem {
+            let _ = tx.try_send(Event::failed(400, message));
+            return Ok(sse(rx));
+        }
+    }
+    tokio::spawn(run_request(state, repo, open, data, q.build_only(), tx));
     Ok(sse(rx))
 }
 
@@ -445,6 +491,7 @@ async fn run_request(
     state: Arc<AppState>,
     repo: RepoSpec,
     open: String,
+    data: Vec<String>,
     build_only: bool,
     tx: mpsc::Sender<Event>,
 ) {
@@ -493,6 +540,7 @@ async fn run_request(
     let Some(Event::Built {
         image_name: image,
         commit,
+        data: declared,
         ..
     }) = last
     else {
@@ -507,6 +555,23 @@ async fn run_request(
         let _ = tx.send(Event::Ready(Box::new(ready))).await;
         return;
     }
+    // The exact versions, resolved before anything starts; a missing one is an error event.
+    let root = state.config.data_root();
+    let mounts = match tokio::task::spawn_blocking(move || {
+        session_data::resolve_data(&root, &data, &declared)
+    })
+    .await
+    {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            let _ = tx.send(Event::failed(400, e)).await;
+            return;
+        }
+        Err(e) => {
+            let _ = tx.send(Event::failed(500, e.to_string())).await;
+            return;
+        }
+    };
     let backend = state.backend();
     if let Err(e) = check_quota(&state, backend.as_ref(), &repo).await {
         let _ = tx.send(e).await;
@@ -538,6 +603,7 @@ async fn run_request(
         ..Limits::default()
     };
     spec.host_access = state.config.allow_host_access;
+    spec.data = mounts;
     spec.labels = vec![
         (
             "berth.repo_url".into(),

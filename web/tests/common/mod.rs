@@ -138,6 +138,7 @@ pub fn session(id: &str, server_url: &str) -> Session {
         dashboard_url: None,
         created: 0,
         status: SessionStatus::Running,
+        data: Vec::new(),
     }
 }
 
@@ -259,6 +260,7 @@ impl Builder for FakeBuilder {
             buildpack: "python".into(),
             cached_env: true,
             seconds: 0.0,
+            data: Vec::new(),
         })
     }
 
