@@ -148,6 +148,8 @@ pub struct FakeBackend {
     pub sessions: Mutex<HashMap<String, Session>>,
     pub jupyter: Mutex<Option<SocketAddr>>,
     pub stopped: Mutex<Vec<String>>,
+    /// Every spec `start` was given.
+    pub specs: Mutex<Vec<SessionSpec>>,
 }
 
 impl FakeBackend {
@@ -162,6 +164,7 @@ impl FakeBackend {
 #[async_trait::async_trait]
 impl Backend for FakeBackend {
     async fn start(&self, spec: &SessionSpec) -> Result<Session, LaunchError> {
+        self.specs.lock().unwrap().push(spec.clone());
         let id = spec.id.clone().unwrap_or_else(|| "fake-00000000".into());
         let addr = self
             .jupyter
@@ -228,6 +231,8 @@ pub struct FakeBuilder {
     pub started: Arc<AtomicUsize>,
     pub dropped: Arc<AtomicUsize>,
     pub requests: Mutex<Vec<BuildRequest>>,
+    /// The data sets the built repository's berth-data.txt names.
+    pub data: Vec<String>,
 }
 
 /// The commit the fake builder builds.
@@ -260,7 +265,7 @@ impl Builder for FakeBuilder {
             buildpack: "python".into(),
             cached_env: true,
             seconds: 0.0,
-            data: Vec::new(),
+            data: self.data.clone(),
         })
     }
 
