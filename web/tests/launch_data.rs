@@ -25,13 +25,18 @@ fn library() -> (tempfile::TempDir, String) {
 fn config(dir: &Path) -> berth_web::Config {
     berth_web::Config {
         data_dir: Some(dir.to_path_buf()),
+        // The fake builder's repository: a closed port on loopback, which this allows.
+        allow_private_hosts: vec!["127.0.0.1".into()],
         ..berth_web::Config::default()
     }
 }
 
 async fn events(server: &Server, query: &str) -> (u16, Vec<serde_json::Value>) {
     let r = client()
-        .get(format!("{}/build/gh/org/repo/main?{query}", server.url))
+        .get(format!(
+            "{}/build/git/http%3A%2F%2F127.0.0.1%3A9%2Frepo.git/main?{query}",
+            server.url
+        ))
         .header("Accept", "text/event-stream")
         .send()
         .await
