@@ -741,6 +741,39 @@ mod tests {
     }
 
     #[test]
+    fn data_mounts() {
+        let id = "ab".repeat(32);
+        let d = DataMount {
+            name: "sst.v2".into(),
+            version: id.clone(),
+            source: format!("/lib/versions/{id}"),
+        };
+        let v = d.volume().unwrap();
+        assert_eq!(v.bind(), format!("/lib/versions/{id}:/data/sst.v2:ro"));
+        let e = DataMount {
+            name: "winds".into(),
+            ..d.clone()
+        };
+        assert_eq!(
+            data_label(&[d.clone(), e]),
+            format!("sst.v2@{id},winds@{id}")
+        );
+        for bad in ["", "..", ".x", "a/b", "a:b", &"n".repeat(65)] {
+            let m = DataMount {
+                name: bad.into(),
+                ..d.clone()
+            };
+            let err = m.volume().unwrap_err().to_string();
+            assert!(err.starts_with("invalid --volume "), "{bad}: {err}");
+        }
+        let rel = DataMount {
+            source: "relative/store".into(),
+            ..d
+        };
+        assert!(rel.volume().is_err());
+    }
+
+    #[test]
     fn tokens_are_random() {
         let a = random_hex(16);
         assert_eq!(a.len(), 32);

@@ -12,7 +12,7 @@ use berth_launcher::DataMount;
 pub enum SessionDataError {
     /// A data set asked for (`--data`, `data=`) that the library cannot resolve.
     #[error("{0}")]
-    Requested(DataError),
+    Requested(Box<DataError>),
     /// A data set the repository's `berth-data.txt` names that the library cannot resolve.
     #[error("the repository's berth-data.txt needs data set {spec:?}, which the data library at {root} cannot give: {source}")]
     Declared {
@@ -21,7 +21,7 @@ pub enum SessionDataError {
         /// The library root.
         root: String,
         /// The library's error.
-        source: DataError,
+        source: Box<DataError>,
     },
     /// One name asked for with two different versions.
     #[error("data set {name:?} is asked for twice, as {first} and {second}")]
@@ -39,7 +39,7 @@ pub enum SessionDataError {
         /// The library root.
         root: String,
         /// The library's error.
-        source: DataError,
+        source: Box<DataError>,
     },
 }
 
@@ -84,7 +84,7 @@ pub fn resolve_data(
     let shown = root.display().to_string();
     let lib = Library::open(root).map_err(|source| SessionDataError::Library {
         root: shown.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let mut out: Vec<DataMount> = Vec::new();
     let mount = |v: berth_data::Version| {
@@ -96,7 +96,10 @@ pub fn resolve_data(
         }
     };
     for spec in requested {
-        let m = mount(lib.resolve(spec).map_err(SessionDataError::Requested)?);
+        let m = mount(
+            lib.resolve(spec)
+                .map_err(|e| SessionDataError::Requested(Box::new(e)))?,
+        );
         match out.iter().find(|o| o.name == m.name) {
             Some(o) if o.version != m.version => {
                 return Err(SessionDataError::Twice {
@@ -119,7 +122,7 @@ pub fn resolve_data(
             .map_err(|source| SessionDataError::Declared {
                 spec: spec.clone(),
                 root: shown.clone(),
-                source,
+                source: Box::new(source),
             })?;
         out.push(mount(v));
     }
