@@ -77,6 +77,11 @@ pub struct Config {
     /// image's size on disk; the folder can be emptied at any time (files are made again on
     /// demand).
     pub export: bool,
+    /// The data library served read-only at `/data` (catalog pages, a STAC catalog and the
+    /// Zarr stores; see the `data` module). `null` (the default): `berth_data::default_root()`,
+    /// that is `$BERTH_DATA_DIR`, else `$XDG_DATA_HOME/berth/data`, else
+    /// `~/.local/share/berth/data`. A folder without a library shows an empty catalog.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             build_memory_bytes: berth_builder::BuildLimits::default().memory_bytes,
             build_pids: berth_builder::BuildLimits::default().pids,
             export: false,
+            data_dir: None,
         }
     }
 }
@@ -128,6 +134,13 @@ impl Config {
         providers.append(&mut cfg.providers);
         cfg.providers = providers;
         Ok(cfg)
+    }
+
+    /// The data library's root folder: `data_dir`, else `berth_data::default_root()`.
+    pub fn data_root(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(berth_data::default_root)
     }
 
     /// The public URL, without a trailing slash.

@@ -66,6 +66,16 @@ pub enum WebError {
     /// The export failed (details in the server's log, which may name its own paths).
     #[error("the environment could not be exported: {0}")]
     Export(String),
+    /// `/data/…`: no such data set, version, variable or store key.
+    #[error("{0}")]
+    DataNotFound(String),
+    /// `/data/…`: an ambiguous version prefix, an invalid store key, a variable without a 2-D
+    /// slice to draw.
+    #[error("{0}")]
+    DataBadRequest(String),
+    /// `/data/…`: the data library could not be read (details in the server's log).
+    #[error("the data library could not be read")]
+    DataUnavailable,
 }
 
 impl WebError {
@@ -75,12 +85,14 @@ impl WebError {
             WebError::Spec(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST)
             }
-            WebError::NotEventStream | WebError::BadPath(_) | WebError::BadWebSocket => {
-                StatusCode::BAD_REQUEST
-            }
-            WebError::NoSession | WebError::ExportOff | WebError::ImageGone => {
-                StatusCode::NOT_FOUND
-            }
+            WebError::NotEventStream
+            | WebError::BadPath(_)
+            | WebError::BadWebSocket
+            | WebError::DataBadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::NoSession
+            | WebError::ExportOff
+            | WebError::ImageGone
+            | WebError::DataNotFound(_) => StatusCode::NOT_FOUND,
             WebError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             WebError::TokenMissing
             | WebError::TokenWrong
@@ -90,7 +102,7 @@ impl WebError {
             | WebError::ExportTokenWrong => StatusCode::FORBIDDEN,
             WebError::SessionDown => StatusCode::BAD_GATEWAY,
             WebError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
-            WebError::Export(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebError::Export(_) | WebError::DataUnavailable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
