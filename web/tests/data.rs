@@ -45,7 +45,7 @@ async fn serve() -> (tempfile::TempDir, Library, Server, Vec<(String, PathBuf)>)
         ("uwnd".to_string(), fixture("uwnd_mean.nc")),
     ];
     for (name, nc) in &sets {
-        lib.add(name, &[nc.clone()], Default::default(), &|_| {})
+        lib.add(name, std::slice::from_ref(nc), Default::default(), &|_| {})
             .unwrap();
     }
     let config = Config {
