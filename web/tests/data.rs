@@ -236,6 +236,7 @@ async fn stores_speak_http_caching_ranges_and_refuse_traversal() {
         "/data/zarr/sst/nope/zarr.json".to_string(),
         "/data/zarr/sst/.zattrs".to_string(),
         "/data/zarr/sst/sst/c/9/9/9".to_string(),
+        "/data/zarr/sst/zarr.json/".to_string(),
         "/data/zarr/..%2Fnames/sst.json".to_string(),
     ] {
         let r = c.get(format!("{}{path}", server.url)).send().await.unwrap();
