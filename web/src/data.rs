@@ -270,7 +270,7 @@ async fn index(State(state): State<Arc<AppState>>) -> Response {
                 "name": n.name,
                 "version": n.newest.version.get(..12).unwrap_or(&n.newest.version),
                 "versions": n.versions,
-                "created": n.newest.created.to_rfc3339(),
+                "created": n.newest.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "variables": variables,
                 "size": human_bytes(n.newest.stored_bytes),
                 "logical_size": human_bytes(n.newest.logical_bytes),
@@ -324,7 +324,12 @@ fn default_slice(v: &berth_data::VariableInfo) -> Option<Vec<(String, usize)>> {
     Some(v.dims[..n - 2].iter().map(|d| (d.clone(), 0)).collect())
 }
 
-async fn data_set(State(state): State<Arc<AppState>>, UrlPath(spec): UrlPath<String>) -> Response {
+async fn data_set(
+    State(state): State<Arc<AppState>>,
+    UrlPath(spec): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let base = base_url(&state, &headers);
     let i = match inspection(&state, &spec).await {
         Ok(i) => i,
         Err(e) => return e.into_response(),
@@ -354,8 +359,8 @@ async fn data_set(State(state): State<Arc<AppState>>, UrlPath(spec): UrlPath<Str
                 "chunks": v.chunk_shape,
                 "units": v.attributes.get("units").and_then(Value::as_str).unwrap_or(""),
                 "long_name": v.attributes.get("long_name").and_then(Value::as_str).unwrap_or(""),
-                "min": v.stats.map(|s| format!("{:.6}", s.min)),
-                "max": v.stats.map(|s| format!("{:.6}", s.max)),
+                "min": v.stats.map(|s| shown_value(v, s.min)),
+                "max": v.stats.map(|s| shown_value(v, s.max)),
                 "missing": v.stats.map(|s| s.missing),
                 "size": human_bytes(v.stored_bytes),
                 "quicklook": (data.contains(&v.name) && default_slice(v).is_some()).then(|| {
@@ -377,9 +382,12 @@ async fn data_set(State(state): State<Arc<AppState>>, UrlPath(spec): UrlPath<Str
                 "id": v.id(),
                 "short": v.id().get(..12).unwrap_or(v.id()),
                 "href": format!("/data/{}@{}", quote(&v.name), v.id().get(..12).unwrap_or(v.id())),
-                "created": v.record.created.to_rfc3339(),
+                "created": v.record.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "size": human_bytes(v.record.stored_bytes),
-                "sources": v.record.sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                // File names only: the server's folders are not published.
+                "sources": v.record.sources.iter().map(|p| {
+                    p.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned())
+                }).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -389,8 +397,8 @@ async fn data_set(State(state): State<Arc<AppState>>, UrlPath(spec): UrlPath<Str
             name => i.name,
             version => i.version,
             pinned => pinned,
-            zarr => format!("/data/zarr/{}@{}", quote(&i.name), i.version),
-            zarr_latest => format!("/data/zarr/{}", quote(&i.name)),
+            zarr => format!("{base}/data/zarr/{}@{}", quote(&i.name), i.version),
+            zarr_latest => format!("{base}/data/zarr/{}", quote(&i.name)),
             collection => format!("/data/{}/collection.json", quote(&i.name)),
             dimensions => i.dimensions,
             variables => variables,
@@ -400,6 +408,18 @@ async fn data_set(State(state): State<Arc<AppState>>, UrlPath(spec): UrlPath<Str
             logical_size => human_bytes(i.logical_bytes),
         },
     )
+}
+
+/// A value of a variable for the page: a time coordinate's as RFC 3339 when it decodes, else
+/// the number with 6 decimals.
+fn shown_value(v: &berth_data::VariableInfo, x: f64) -> String {
+    let attr = |k: &str| v.attributes.get(k).and_then(Value::as_str);
+    if cf_axis(v) == Some('T') {
+        if let Some(t) = decode_cf_time(x, attr("units").unwrap_or(""), attr("calendar")) {
+            return t;
+        }
+    }
+    format!("{x:.6}")
 }
 
 /// An attribute value as text: strings as they are, anything else as JSON.

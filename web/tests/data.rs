@@ -344,6 +344,14 @@ async fn pages_list_data_sets_variables_and_quicklooks() {
             "{want} missing from /data/uwnd:\n{html}"
         );
     }
+    // Times decoded; absolute store URLs; the server's folders are not shown.
+    assert!(html.contains("1970-01-01T00:00:00Z"), "{html}");
+    assert!(
+        html.contains(&format!("\"{}/data/zarr/uwnd\")", server.url)),
+        "{html}"
+    );
+    assert!(html.contains("uwnd_mean.nc"), "{html}");
+    assert!(!html.contains("shared/fixtures"), "{html}");
     // The quicklook linked from the page is a PNG of the drawn size.
     let src = html
         .split("src=\"")
