@@ -77,10 +77,12 @@ pub struct Config {
     /// image's size on disk; the folder can be emptied at any time (files are made again on
     /// demand).
     pub export: bool,
-    /// The root of berth's data library, whose data sets launches mount read-only at
-    /// `/data/NAME` (the `data=NAME[@VERSION]` launch parameter, a repository's
-    /// `berth-data.txt`); by default `BERTH_DATA_DIR`, else the XDG data folder
-    /// (`berth_data::default_root`).
+    /// The root of berth's data library: served read-only at `/data` (catalog pages, a STAC
+    /// catalog and the Zarr stores; see the `data` module), and mounted read-only at
+    /// `/data/NAME` by launches (the `data=NAME[@VERSION]` launch parameter, a repository's
+    /// `berth-data.txt`). `null` (the default): `berth_data::default_root()`, that is
+    /// `$BERTH_DATA_DIR`, else `$XDG_DATA_HOME/berth/data`, else `~/.local/share/berth/data`.
+    /// A folder without a library shows an empty catalog.
     pub data_dir: Option<PathBuf>,
 }
 
@@ -136,7 +138,7 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The data library's root: `data_dir`, else `berth_data::default_root()`.
+    /// The data library's root folder: `data_dir`, else `berth_data::default_root()`.
     pub fn data_root(&self) -> PathBuf {
         self.data_dir
             .clone()

@@ -69,6 +69,16 @@ pub enum WebError {
     /// The export failed (details in the server's log, which may name its own paths).
     #[error("the environment could not be exported: {0}")]
     Export(String),
+    /// `/data/…`: no such data set, version, variable or store key.
+    #[error("{0}")]
+    DataNotFound(String),
+    /// `/data/…`: an ambiguous version prefix, an invalid store key, a variable without a 2-D
+    /// slice to draw.
+    #[error("{0}")]
+    DataBadRequest(String),
+    /// `/data/…`: the data library could not be read (details in the server's log).
+    #[error("the data library could not be read")]
+    DataUnavailable,
 }
 
 impl WebError {
@@ -81,10 +91,12 @@ impl WebError {
             WebError::NotEventStream
             | WebError::BadPath(_)
             | WebError::BadWebSocket
-            | WebError::BadData(_) => StatusCode::BAD_REQUEST,
-            WebError::NoSession | WebError::ExportOff | WebError::ImageGone => {
-                StatusCode::NOT_FOUND
-            }
+            | WebError::BadData(_)
+            | WebError::DataBadRequest(_) => StatusCode::BAD_REQUEST,
+            WebError::NoSession
+            | WebError::ExportOff
+            | WebError::ImageGone
+            | WebError::DataNotFound(_) => StatusCode::NOT_FOUND,
             WebError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             WebError::TokenMissing
             | WebError::TokenWrong
@@ -94,7 +106,7 @@ impl WebError {
             | WebError::ExportTokenWrong => StatusCode::FORBIDDEN,
             WebError::SessionDown => StatusCode::BAD_GATEWAY,
             WebError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
-            WebError::Export(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebError::Export(_) | WebError::DataUnavailable => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

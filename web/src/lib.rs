@@ -1,7 +1,8 @@
 //! berth's web server: the launch form, BinderHub-compatible launch URLs (`/v2/…`) and
 //! event-stream build API (`/build/…`), badges, health, versions, Prometheus metrics, and a proxy
 //! to sessions at `/user/<session>/…` (HTTP and WebSocket); when the operator enables it,
-//! downloads of a session's environment as a berth bundle at `/export/…` ([`export`]).
+//! downloads of a session's environment as a berth bundle at `/export/…` ([`export`]); the data
+//! library, read-only, at `/data/…` (pages, a STAC catalog and the Zarr stores: [`data`]).
 //!
 //! Builds go through a [`Builder`] and sessions through a [`berth_launcher::Backend`], both
 //! trait objects in [`AppState`]: the server uses the Docker engine ([`engine::DockerEngine`]),
@@ -10,6 +11,7 @@
 
 pub mod builds;
 pub mod config;
+pub mod data;
 pub mod engine;
 pub mod error;
 pub mod events;
@@ -59,6 +61,7 @@ pub struct AppState {
     sessions: Mutex<HashMap<String, (String, String)>>,
     http: reqwest::Client,
     exports: export::Exports,
+    data: data::DataCache,
 }
 
 /// Errors of starting the server.
@@ -151,6 +154,7 @@ impl AppState {
                 .build()
                 .unwrap_or_default(),
             exports: export::Exports::new(exporter),
+            data: data::DataCache::default(),
         }))
     }
 
@@ -215,6 +219,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/user/{session}", any(proxy::redirect_slash))
         .route("/user/{session}/", any(proxy::proxy_root))
         .route("/user/{session}/{*path}", any(proxy::proxy))
+        .merge(data::routes())
         // Forms and APIs take no bodies; uploads through the proxy up to 512 MiB (413 above).
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             MAX_BODY_BYTES,
