@@ -3,31 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{fixture_data, test_python};
+
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn fixture_data(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/data")
-        .join(name);
-    assert!(p.exists(), "fixture {} is missing", p.display());
-    p
-}
-
-fn test_python() -> PathBuf {
-    let p = std::env::var_os("BERTH_TEST_PYTHON")
-        .map(PathBuf::from)
-        .expect(
-            "BERTH_TEST_PYTHON is not set: run scripts/data-test-env, then \
-         export BERTH_TEST_PYTHON=$PWD/target/pyenv/bin/python",
-        );
-    assert!(
-        p.exists(),
-        "BERTH_TEST_PYTHON={} does not exist",
-        p.display()
-    );
-    p
-}
 
 /// `berth data ARGS` with the library `root` (through BERTH_DATA_DIR).
 fn data(root: &Path, args: &[&str]) -> Output {

@@ -4,35 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::kernel::{execute, server_of};
 use common::*;
-
-fn fixture_data(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/data")
-        .join(name);
-    assert!(p.exists(), "fixture {} is missing", p.display());
-    p
-}
-
-/// `$BERTH_TEST_PYTHON` (xarray, zarr 3, netCDF4), made by scripts/data-test-env.
-fn test_python() -> PathBuf {
-    let p = std::env::var_os("BERTH_TEST_PYTHON")
-        .map(PathBuf::from)
-        .expect(
-            "BERTH_TEST_PYTHON is not set: run scripts/data-test-env, then \
-         export BERTH_TEST_PYTHON=$PWD/target/pyenv/bin/python",
-        );
-    assert!(
-        p.exists(),
-        "BERTH_TEST_PYTHON={} does not exist",
-        p.display()
-    );
-    p
-}
 
 /// `berth data add NAME FILE --json EXTRA…` into the library `root`; returns the version id.
 fn data_add(root: &Path, name: &str, file: &Path, extra: &[&str]) -> String {

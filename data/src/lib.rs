@@ -364,7 +364,14 @@ fn chunk_indices(shape: &[u64], chunk: &[u64]) -> impl Iterator<Item = Vec<u64>>
     })
 }
 
-fn parse_spec(spec: &str) -> Result<(&str, Option<String>), DataError> {
+/// Splits a data set spec, `NAME` or `NAME@PREFIX`, into the name and the version prefix
+/// (lower-cased hex digits), checking both without a library: the name with
+/// [`validate_name`], the prefix as one or more hex digits.
+///
+/// # Errors
+/// [`DataError::InvalidName`]; [`DataError::UnknownVersion`] for a prefix that is empty or
+/// not hex digits.
+pub fn parse_spec(spec: &str) -> Result<(&str, Option<String>), DataError> {
     match spec.split_once('@') {
         None => {
             validate_name(spec)?;

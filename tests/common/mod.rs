@@ -295,3 +295,28 @@ impl Drop for StopOnDrop {
         let _ = run_berth(&["stop", &self.0]);
     }
 }
+
+/// A fixture NetCDF file in `../shared/fixtures/data` (never copied into the project).
+pub fn fixture_data(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/data")
+        .join(name);
+    assert!(p.exists(), "fixture {} is missing", p.display());
+    p
+}
+
+/// `$BERTH_TEST_PYTHON` (xarray, zarr 3, netCDF4), made by scripts/data-test-env.
+pub fn test_python() -> PathBuf {
+    let p = std::env::var_os("BERTH_TEST_PYTHON")
+        .map(PathBuf::from)
+        .expect(
+            "BERTH_TEST_PYTHON is not set: run scripts/data-test-env, then \
+         export BERTH_TEST_PYTHON=$PWD/target/pyenv/bin/python",
+        );
+    assert!(
+        p.exists(),
+        "BERTH_TEST_PYTHON={} does not exist",
+        p.display()
+    );
+    p
+}

@@ -43,26 +43,14 @@ pub enum SessionDataError {
     },
 }
 
-/// Checks the syntax of a spec (`NAME` or `NAME@HEXPREFIX`) without a library:
-/// [`berth_data::validate_name`] on the name, hex digits after `@`.
+/// Checks the syntax of a spec (`NAME` or `NAME@HEXPREFIX`) without a library, as
+/// [`berth_data::parse_spec`] does.
 ///
 /// # Errors
-/// [`DataError::InvalidName`] (also for a version that is not hex digits).
+/// [`DataError::InvalidName`]; [`DataError::UnknownVersion`] for a version that is not hex
+/// digits.
 pub fn check_spec(spec: &str) -> Result<(), DataError> {
-    let (name, version) = match spec.split_once('@') {
-        Some((n, v)) => (n, Some(v)),
-        None => (spec, None),
-    };
-    berth_data::validate_name(name)?;
-    if let Some(v) = version {
-        if v.is_empty() || !v.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(DataError::InvalidName {
-                name: spec.to_string(),
-                reason: "the version after '@' must be hex digits",
-            });
-        }
-    }
-    Ok(())
+    berth_data::parse_spec(spec).map(|_| ())
 }
 
 /// Resolves the data sets of a session in the library at `root`: `requested` (`--data`, the
