@@ -28,6 +28,18 @@ pub(crate) struct ExportArgs {
     /// the plan installs, and uv.
     #[arg(long)]
     sources: bool,
+    /// Carry a data set of berth's data library along, NAME or NAME@VERSION (repeatable):
+    /// `berth run FILE` and `launch FILE` mount it at /data/NAME, wherever the file goes.
+    /// Those the repository's berth-data.txt names travel along too, unless --no-data.
+    #[arg(long = "data", value_name = "NAME[@VERSION]")]
+    data: Vec<String>,
+    /// Leave out the data sets the repository's berth-data.txt names.
+    #[arg(long)]
+    no_data: bool,
+    /// The data library's root (default: $BERTH_DATA_DIR, else $XDG_DATA_HOME/berth/data,
+    /// else ~/.local/share/berth/data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Print one JSON object (the file, its size and sha256, seconds) instead of the file name.
     #[arg(long)]
     json: bool,
@@ -37,6 +49,10 @@ pub(crate) struct ExportArgs {
 pub(crate) struct ImportArgs {
     /// A bundle written by `berth export`.
     file: PathBuf,
+    /// The data library the bundle's data sets are added to (default: $BERTH_DATA_DIR, else
+    /// $XDG_DATA_HOME/berth/data, else ~/.local/share/berth/data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Print one JSON object instead of the image name.
     #[arg(long)]
     json: bool,
@@ -112,6 +128,21 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             PathBuf::from(format!("{name}-{}.berth.tar", &id[..12.min(id.len())]))
         }
     };
+    // The data sets, resolved before anything is written: an unknown one costs nothing.
+    let declared: Vec<String> = if args.no_data {
+        Vec::new()
+    } else {
+        info.labels
+            .get(labels::DATA)
+            .map(|d| {
+                d.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let data = bundled_data(&args.data_dir, &args.data, &declared)?;
     let cache_dir = berth_builder::default_cache_dir();
     let mut sources_dir = None;
     let tmp = tempfile::tempdir().context("cannot create a temporary folder")?;
@@ -152,6 +183,7 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         &ExportOptions {
             sources: sources_dir,
             cache_dir,
+            data,
         },
         progress,
     )
@@ -165,13 +197,14 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         );
     }
     eprintln!(
-        "berth: exported {} to {}: {} (image {}, sources {}, repository {}) in {:.1} s",
+        "berth: exported {} to {}: {} (image {}, sources {}, repository {}, data {}) in {:.1} s",
         summary.image,
         out.display(),
         mib(summary.bytes),
         mib(summary.image_bytes),
         mib(summary.sources_bytes),
         mib(summary.repo_bytes),
+        mib(summary.data_bytes),
         started.elapsed().as_secs_f64()
     );
     if args.json {
@@ -210,6 +243,7 @@ pub(crate) async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         sources_to: Some(berth_builder::default_cache_dir().join("sources")),
     };
     let imported = import_with_progress(&engine, &args.file, &opts).await?;
+    restore_data(&args.file, &imported, &args.data_dir)?;
     eprintln!(
         "berth: {} {} (bundle digest {}) in {:.1} s",
         if imported.loaded {
@@ -229,14 +263,80 @@ pub(crate) async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The data sets `berth export` carries: `requested` (`--data`), then `declared` (the image's
+/// berth-data.txt) by name unless requested, resolved in the library at `dir` to exact
+/// versions.
+fn bundled_data(
+    dir: &Option<PathBuf>,
+    requested: &[String],
+    declared: &[String],
+) -> anyhow::Result<Vec<berth_bundle::DataSetSource>> {
+    let mounts = crate::data_cmd::session_data(dir, requested, declared)?;
+    if mounts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = dir.clone().unwrap_or_else(berth_data::default_root);
+    let lib = berth_data::Library::open(&root)?;
+    mounts
+        .iter()
+        .map(|m| {
+            let v = lib.resolve(&format!("{}@{}", m.name, m.version))?;
+            Ok(berth_bundle::DataSetSource {
+                name: v.name.clone(),
+                version: v.id().to_string(),
+                record: serde_json::to_value(&v.record)?,
+                dir: v.path.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Adds the data sets of an imported bundle to the data library at `dir` (those it has
+/// already are kept as they are); returns them as `NAME@VERSION`, the exact versions to
+/// mount.
+pub(crate) fn restore_data(
+    file: &Path,
+    imported: &berth_bundle::Imported,
+    dir: &Option<PathBuf>,
+) -> anyhow::Result<Vec<String>> {
+    let sets = &imported.manifest.data;
+    if sets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let root = dir.clone().unwrap_or_else(berth_data::default_root);
+    let lib = berth_data::Library::open(&root)?;
+    let mut out = Vec::new();
+    for d in sets {
+        let spec = format!("{}@{}", d.name, d.version);
+        if lib.resolve(&spec).is_err() {
+            let record: berth_data::VersionRecord = serde_json::from_value(d.record.clone())
+                .with_context(|| format!("the bundle's record of data set {spec}"))?;
+            let staging = lib.staging_dir()?;
+            let copied = berth_bundle::copy_data(file, &imported.scan, d, &staging);
+            if let Err(e) = copied {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e).with_context(|| format!("cannot import data set {}", d.name));
+            }
+            lib.adopt(&d.name, &staging, record)
+                .with_context(|| format!("cannot import data set {}", d.name))?;
+            eprintln!("berth: added data set {spec} to {}", root.display());
+        }
+        out.push(spec);
+    }
+    Ok(out)
+}
+
 /// What `launch FILE` and `run FILE` build from: the bundle's image, imported when the engine
-/// lacks it, as a build outcome; and the label recording the bundle's digest.
+/// lacks it, as a build outcome (its `data`: the bundle's data sets as `NAME@VERSION`, added
+/// to the data library at `data_dir`); and the label recording the bundle's digest.
 pub(crate) async fn outcome_of_bundle(
     engine: &Engine,
     file: &Path,
+    data_dir: &Option<PathBuf>,
 ) -> anyhow::Result<(BuildOutcome, (String, String), Manifest)> {
     let started = Instant::now();
     let imported = import_with_progress(engine, file, &ImportOptions::default()).await?;
+    let data = restore_data(file, &imported, data_dir)?;
     let m = imported.manifest.clone();
     let outcome = BuildOutcome {
         image: imported.image.clone(),
@@ -250,7 +350,7 @@ pub(crate) async fn outcome_of_bundle(
         buildpack: m.buildpack.clone().unwrap_or_default(),
         cached_env: !imported.loaded,
         seconds: started.elapsed().as_secs_f64(),
-        data: Vec::new(),
+        data,
     };
     Ok((
         outcome,

@@ -181,11 +181,13 @@ impl SessionOpts {
         data_cmd::session_data(&self.data_dir, &self.data, declared)
     }
 
-    /// The data sets of a session of `image`: `--data` and those its label declares.
+    /// The data sets of a session of `image`: `--data`, then `bundled` (a bundle's data sets,
+    /// `NAME@VERSION`), then those its label declares.
     async fn data_for(
         &self,
         engine: &Engine,
         image: &str,
+        bundled: &[String],
     ) -> anyhow::Result<Vec<berth_launcher::DataMount>> {
         let declared: Vec<String> = engine
             .image(image)
@@ -198,7 +200,8 @@ impl SessionOpts {
                     .collect()
             })
             .unwrap_or_default();
-        self.data_mounts(&declared)
+        let requested: Vec<String> = self.data.iter().chain(bundled).cloned().collect();
+        data_cmd::session_data(&self.data_dir, &requested, &declared)
     }
 
     fn spec(&self, image: &str, source: &str) -> SessionSpec {
@@ -815,15 +818,18 @@ async fn build_with_progress(engine: &Engine, req: &BuildRequest) -> anyhow::Res
     })
 }
 
-/// The image a session runs: a bundle file's (imported when the engine lacks it), with the
-/// label recording the bundle's digest; else the build's.
+/// The image a session runs: a bundle file's (imported when the engine lacks it, its data sets
+/// added to the library at `data_dir`), with the label recording the bundle's digest; else
+/// the build's.
 async fn outcome_for(
     engine: &Engine,
     req: &BuildRequest,
+    data_dir: &Option<PathBuf>,
 ) -> anyhow::Result<(BuildOutcome, Vec<(String, String)>)> {
     if bundle_cmd::is_bundle(&req.source) {
         let (outcome, label, m) =
-            bundle_cmd::outcome_of_bundle(engine, std::path::Path::new(&req.source)).await?;
+            bundle_cmd::outcome_of_bundle(engine, std::path::Path::new(&req.source), data_dir)
+                .await?;
         let mut labels = vec![label];
         if let Some(r) = m.repo {
             labels.push(("berth.repo_url".into(), r.url));
@@ -832,6 +838,16 @@ async fn outcome_for(
         return Ok((outcome, labels));
     }
     Ok((build_with_progress(engine, req).await?, Vec::new()))
+}
+
+/// A bundle's data sets (exact versions) for a session of `outcome`; none for a build, whose
+/// declared data sets come from its image's label.
+fn bundled_data<'a>(req: &BuildRequest, outcome: &'a BuildOutcome) -> &'a [String] {
+    if bundle_cmd::is_bundle(&req.source) {
+        &outcome.data
+    } else {
+        &[]
+    }
 }
 
 fn session_labels(outcome: &BuildOutcome, req: &BuildRequest) -> Vec<(String, String)> {
@@ -864,13 +880,16 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let backend = DockerBackend::with_client(engine.docker().clone());
     let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
-        let (outcome, bundle) = outcome_for(&engine, &req).await?;
+        let (outcome, bundle) = outcome_for(&engine, &req, &args.session.data_dir).await?;
         let mut spec = args.session.spec(&outcome.image, &req.source);
         spec.id = Some(id.clone());
         spec.repo_dir = req.repo_dir.clone();
         spec.env = extras.env;
         spec.volumes = extras.volumes;
-        spec.data = args.session.data_for(&engine, &outcome.image).await?;
+        spec.data = args
+            .session
+            .data_for(&engine, &outcome.image, bundled_data(&req, &outcome))
+            .await?;
         spec.open = args.open.open();
         spec.port = args.port;
         spec.labels = session_labels(&outcome, &req);
@@ -922,13 +941,16 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     // what to remove.
     let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
-        let (outcome, bundle) = outcome_for(&engine, &req).await?;
+        let (outcome, bundle) = outcome_for(&engine, &req, &args.session.data_dir).await?;
         let mut spec = args.session.spec(&outcome.image, &req.source);
         spec.id = Some(id.clone());
         spec.repo_dir = req.repo_dir.clone();
         spec.env = extras.env;
         spec.volumes = extras.volumes;
-        spec.data = args.session.data_for(&engine, &outcome.image).await?;
+        spec.data = args
+            .session
+            .data_for(&engine, &outcome.image, bundled_data(&req, &outcome))
+            .await?;
         spec.command = Some(args.command.clone());
         spec.labels = session_labels(&outcome, &req);
         spec.labels.extend(bundle);

@@ -481,6 +481,121 @@ fn an_image_berth_did_not_build_exports_with_what_is_unknown() {
 }
 
 #[test]
+fn data_sets_travel_in_the_bundle_and_are_mounted_where_it_runs() {
+    let b = build(&fixture("conda"), &[]);
+    let _g = build_lock();
+    let here = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let lib = here.path().join("lib");
+    let version = data_add(&lib, "sst", &fixture_data("sst_ndjfm_anom.nc"), &[]);
+    let export = |args: &[&str], file: &Path| {
+        berth()
+            .env("BERTH_DATA_DIR", &lib)
+            .args(["export", &b.image, "-o", file.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    // An unknown data set is one error line, and no file.
+    let bad = here.path().join("bad.tar");
+    refused(&export(&["--data", "nope"], &bad), "nope");
+    assert!(!bad.exists() && !here.path().join("bad.tar.partial").exists());
+
+    let file = here.path().join("with-data.tar");
+    let out = export(&["--data", "sst", "--json"], &file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["data_bytes"].as_u64().unwrap() > 1000, "{s}");
+    let m = manifest_of(&file);
+    assert_eq!(m["data"][0]["name"], "sst");
+    assert_eq!(m["data"][0]["version"], version.as_str());
+    let files = m["data"][0]["files"].as_array().unwrap();
+    let keys: Vec<&str> = files.iter().map(|f| f["key"].as_str().unwrap()).collect();
+    assert!(
+        keys.contains(&"zarr.json") && keys.contains(&"sst/zarr.json"),
+        "{keys:?}"
+    );
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    // Each file is a blob the manifest lists, as the system's tar finds it.
+    let parts = m["parts"].as_array().unwrap();
+    for f in files {
+        let path = format!("blobs/sha256/{}", f["sha256"].as_str().unwrap());
+        assert!(
+            parts
+                .iter()
+                .any(|p| p["path"] == path.as_str() && p["kind"] == "data"),
+            "{path}"
+        );
+    }
+    let blob = Command::new("tar")
+        .args(["-xOf", file.to_str().unwrap()])
+        .arg(format!(
+            "blobs/sha256/{}",
+            files[keys.iter().position(|k| *k == "zarr.json").unwrap()]["sha256"]
+                .as_str()
+                .unwrap()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        blob.stdout,
+        std::fs::read(lib.join("versions").join(&version).join("zarr.json")).unwrap()
+    );
+
+    // Elsewhere, with an empty library: `berth run FILE` adds the data set at its version and
+    // mounts it read-only at /data/sst.
+    let elsewhere = here.path().join("elsewhere");
+    let out = berth()
+        .env("BERTH_DATA_DIR", &elsewhere)
+        .args(["run", file.to_str().unwrap(), "--workers", "0", "--"])
+        .args([
+            "python",
+            "-c",
+            "import json, os; print('DATA', json.load(open('/data/sst/sst/zarr.json'))['shape'],              os.access('/data/sst', os.W_OK))",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("DATA [50, 18, 30] False"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = berth()
+        .env("BERTH_DATA_DIR", &elsewhere)
+        .args(["data", "verify", &format!("sst@{version}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `berth import` of the same file into a library that has the version keeps it as it is.
+    let out = berth()
+        .env("BERTH_DATA_DIR", &elsewhere)
+        .args(["import", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("added data set"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_full_disk_during_export_leaves_no_partial_file() {
     let _g = build_lock();
     // A 64 MiB tmpfs: the base image does not fit.

@@ -11,22 +11,6 @@ use common::kernel::{execute, server_of};
 use common::*;
 
 /// `berth data add NAME FILE --json EXTRA…` into the library `root`; returns the version id.
-fn data_add(root: &Path, name: &str, file: &Path, extra: &[&str]) -> String {
-    let out = berth()
-        .env("BERTH_DATA_DIR", root)
-        .args(["data", "add", name, file.to_str().unwrap(), "--json"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["version"].as_str().unwrap().to_string()
-}
-
 /// What the Python in the session computes from `/data/sst` (plain Python: the fixture
 /// image has no xarray or zarr): the array metadata and the SHA-256 of the decompressed
 /// (gzip codec) single chunk; whether `/data/sst` is mounted read-only; whether writing fails.

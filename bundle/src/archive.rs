@@ -13,7 +13,11 @@
 //! its config, by its id) can be given an order with [`BundleWriter::expect_order`]: they are
 //! then written in that order whatever order they arrive in. Docker's own archive names the
 //! files of a layer that several images share after whichever image the engine happened to
-//! visit first, so its order changes from one `docker save` to the next.
+//! visit first, so its order changes from one `docker save` to the next. A blob that comes
+//! before its turn waits in memory when it fits the writer's budget
+//! ([`BundleWriter::set_memory_budget`]), else in a spill file; with the expected sizes
+//! ([`BundleWriter::expect_sizes`]) a large blob that is not the next one goes straight to the
+//! spill file instead of being written in place and moved.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -53,6 +57,58 @@ fn copy_hashed(
         w.write_all(&buf[..n])?;
         total += n as u64;
         progress(total);
+    }
+}
+
+/// Bytes written between two requests to the kernel to start writing the file back.
+const WRITEBACK: u64 = 64 << 20;
+
+/// Asks the kernel to start writing `len` bytes of `f` from `offset` to disk, without
+/// waiting (Linux `sync_file_range(2)` with `SYNC_FILE_RANGE_WRITE`): the disk works while the
+/// engine's archive streams, and the final fsync finds little left. Only a hint: errors are
+/// ignored (the fsync at the end reports them).
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on a file descriptor `f` keeps open; no memory is
+        // passed.
+        unsafe {
+            libc::sync_file_range(
+                f.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, offset, len);
+}
+
+/// The bundle file as blobs stream into it: starts the writeback every [`WRITEBACK`] bytes.
+struct Writeback<'a> {
+    out: &'a mut BufWriter<File>,
+    /// The file offset the next byte goes to.
+    at: u64,
+    /// Where the writeback was last asked up to.
+    synced: &'a mut u64,
+}
+
+impl Write for Writeback<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.at += n as u64;
+        if self.at >= *self.synced + WRITEBACK {
+            self.out.flush()?;
+            start_writeback(self.out.get_ref(), *self.synced, self.at - *self.synced);
+            *self.synced = self.at;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -110,12 +166,36 @@ pub struct BundleWriter {
     /// The order blobs with these digests are written in; `next` is the first not written yet.
     order: Vec<String>,
     next: usize,
-    /// Blobs that came before their turn: sha256 → (offset, bytes) in the spill file.
-    spilled: HashMap<String, (u64, u64)>,
+    /// Approximate sizes in bytes of blobs of `order` (see [`BundleWriter::expect_sizes`]).
+    hints: HashMap<String, u64>,
+    /// Blobs that came before their turn, by sha256.
+    waiting: HashMap<String, Waiting>,
     spill: Option<(PathBuf, File)>,
+    /// Bytes of waiting blobs held in memory now, and the most that may be.
+    memory: u64,
+    budget: u64,
     /// Bytes that went through the spill file.
     waited: u64,
+    /// Where the kernel was last asked to write back up to (see [`start_writeback`]).
+    synced: u64,
     done: bool,
+}
+
+/// A blob that came before its turn.
+enum Waiting {
+    /// Held in memory.
+    Memory(Vec<u8>),
+    /// In the spill file: offset and size in bytes.
+    Spill(u64, u64),
+}
+
+/// The memory budget of a new writer for blobs that wait (bytes): 512 MiB.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 512 << 20;
+
+/// Whether a blob of `size` bytes may be the one expected at about `hint` bytes: the engine's
+/// layer sizes (content bytes) are a little below the tar stream's (headers and padding).
+fn near(size: u64, hint: u64) -> bool {
+    size.abs_diff(hint) <= hint / 4 + (1 << 20)
 }
 
 impl std::fmt::Debug for BundleWriter {
@@ -146,18 +226,22 @@ impl BundleWriter {
             blobs: HashSet::new(),
             order: Vec::new(),
             next: 0,
-            spilled: HashMap::new(),
+            hints: HashMap::new(),
+            waiting: HashMap::new(),
             spill: None,
+            memory: 0,
+            budget: DEFAULT_MEMORY_BUDGET,
             waited: 0,
+            synced: 0,
             done: false,
         })
     }
 
     /// Blobs with these sha256 digests (hex), whenever they are added, are written in this
-    /// order: one that comes before its turn waits in a spill file beside the bundle
-    /// (`PATH.spill`, removed when the writer is done or dropped) until the blobs before it are
-    /// written. Blobs not in the list wait too, and are written by
-    /// [`BundleWriter::flush_waiting`] in digest order.
+    /// order: one that comes before its turn waits (in memory within the budget, else in a
+    /// spill file beside the bundle, `PATH.spill`, removed when the writer is done or dropped)
+    /// until the blobs before it are written. Blobs not in the list wait too, and are written
+    /// by [`BundleWriter::flush_waiting`] in digest order.
     pub fn expect_order(&mut self, digests: Vec<String>) {
         self.order = digests;
         self.next = self
@@ -165,6 +249,20 @@ impl BundleWriter {
             .iter()
             .position(|d| !self.blobs.contains(d))
             .unwrap_or(self.order.len());
+    }
+
+    /// The approximate sizes (bytes) of expected blobs, sha256 (hex) → bytes: a blob larger
+    /// than the memory left whose size is far from the next expected one's (more than a
+    /// quarter plus 1 MiB) is not that one, so it streams straight to the spill file. Only a
+    /// hint: a wrong one costs time, never bytes of the result.
+    pub fn expect_sizes(&mut self, sizes: HashMap<String, u64>) {
+        self.hints = sizes;
+    }
+
+    /// The most bytes of waiting blobs held in memory at once ([`DEFAULT_MEMORY_BUDGET`]
+    /// unless set); 0 sends every waiting blob to the spill file.
+    pub fn set_memory_budget(&mut self, bytes: u64) {
+        self.budget = bytes;
     }
 
     /// Writes every blob still waiting: those of [`BundleWriter::expect_order`]'s list in its
@@ -175,14 +273,14 @@ impl BundleWriter {
     pub fn flush_waiting(&mut self) -> Result<(), BundleError> {
         let order = std::mem::take(&mut self.order);
         let mut rest: Vec<String> = self
-            .spilled
+            .waiting
             .keys()
             .filter(|k| !order.contains(k))
             .cloned()
             .collect();
         rest.sort();
         for sha in order.iter().skip(self.next).chain(rest.iter()) {
-            self.write_spilled(sha)?;
+            self.write_waiting(sha)?;
         }
         self.next = 0;
         self.drop_spill();
@@ -195,42 +293,64 @@ impl BundleWriter {
         }
     }
 
-    /// Writes the waiting blob `sha` (if it waits) from the spill file.
-    fn write_spilled(&mut self, sha: &str) -> Result<(), BundleError> {
-        let Some((offset, size)) = self.spilled.remove(sha) else {
-            return Ok(());
-        };
-        let Some((path, file)) = self.spill.as_mut() else {
-            return Ok(());
-        };
-        let path = path.clone();
-        let mut f = file.try_clone().map_err(|e| BundleError::io(&path, e))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|e| BundleError::io(&path, e))?;
-        let w = self.write_blob(&mut f.take(size), size, &mut |_| {})?;
-        if w.sha256 != sha {
-            return Err(BundleError::Invalid(format!(
-                "{}: a waiting blob changed on disk",
-                path.display()
-            )));
+    /// The expected blob `sha` was just written: writes those that waited for it, in order.
+    fn advance(&mut self) -> Result<(), BundleError> {
+        self.next += 1;
+        while let Some(sha) = self.order.get(self.next).cloned() {
+            if self.blobs.contains(&sha) {
+                self.next += 1;
+            } else if self.waiting.contains_key(&sha) {
+                self.write_waiting(&sha)?;
+                self.next += 1;
+            } else {
+                break;
+            }
         }
         Ok(())
     }
 
-    /// Moves the blob just written at `start` (`size` bytes after its header) to the spill
-    /// file, and takes it back from the bundle.
-    fn move_to_spill(&mut self, sha: &str, start: u64, size: u64) -> io::Result<()> {
-        self.out.flush()?;
+    /// Writes the waiting blob `sha` (if it waits), from memory or the spill file. Its
+    /// digest was computed as it arrived; the bundle's reader checks every blob again.
+    fn write_waiting(&mut self, sha: &str) -> Result<(), BundleError> {
+        match self.waiting.remove(sha) {
+            None => Ok(()),
+            Some(Waiting::Memory(buf)) => {
+                self.memory -= buf.len() as u64;
+                self.write_known(&mut &buf[..], buf.len() as u64, sha)
+            }
+            Some(Waiting::Spill(offset, size)) => {
+                let Some((path, file)) = self.spill.as_mut() else {
+                    return Ok(());
+                };
+                let path = path.clone();
+                let mut f = file.try_clone().map_err(|e| BundleError::io(&path, e))?;
+                f.seek(SeekFrom::Start(offset))
+                    .map_err(|e| BundleError::io(&path, e))?;
+                self.write_known(&mut f.take(size), size, sha)
+            }
+        }
+    }
+
+    /// The spill file, created on first use, positioned at its end: returns that offset.
+    fn spill_end(&mut self) -> io::Result<(u64, &mut File)> {
         if self.spill.is_none() {
             let path = sibling(&self.path, ".spill");
             let f = create_rw(&path)?;
             self.spill = Some((path, f));
         }
         let Some((_, spill)) = self.spill.as_mut() else {
-            return Ok(());
+            return Err(io::Error::other("no spill file"));
         };
         let at = spill.seek(SeekFrom::End(0))?;
+        Ok((at, spill))
+    }
+
+    /// Moves the blob just written at `start` (`size` bytes after its header) to the spill
+    /// file, and takes it back from the bundle.
+    fn move_to_spill(&mut self, sha: &str, start: u64, size: u64) -> io::Result<()> {
+        self.out.flush()?;
         let mut src = self.out.get_ref().try_clone()?;
+        let (at, spill) = self.spill_end()?;
         src.seek(SeekFrom::Start(start + BLOCK as u64))?;
         let n = io::copy(&mut (&mut src).take(size), spill)?;
         if n != size {
@@ -239,7 +359,8 @@ impl BundleWriter {
                 "a blob is shorter on disk than written",
             ));
         }
-        self.spilled.insert(sha.to_string(), (at, size));
+        self.waiting
+            .insert(sha.to_string(), Waiting::Spill(at, size));
         self.waited += size;
         self.truncate_to(start)
     }
@@ -251,6 +372,7 @@ impl BundleWriter {
         f.set_len(start)?;
         f.seek(SeekFrom::Start(start))?;
         self.pos = start;
+        self.synced = self.synced.min(start);
         Ok(())
     }
 
@@ -301,12 +423,57 @@ impl BundleWriter {
         size: u64,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Written, BundleError> {
-        if self.order.is_empty() && self.spilled.is_empty() {
+        if self.order.is_empty() && self.waiting.is_empty() {
             return self.write_blob(r, size, progress);
         }
+        let written = |sha: String| Written {
+            path: format!("{BLOBS}{sha}"),
+            sha256: sha,
+            bytes: size,
+        };
+        // Small enough to wait in memory: read and hash it first.
+        if size <= self.budget.saturating_sub(self.memory) {
+            let mut buf = Vec::with_capacity(size as usize);
+            let mut hasher = Sha256::new();
+            let n = copy_hashed(r, &mut buf, &mut hasher, progress).map_err(|e| self.io(e))?;
+            if n != size {
+                return Err(short(size, n));
+            }
+            let sha = hex::encode(hasher.finalize());
+            if self.has_blob(&sha) {
+                return Ok(written(sha));
+            }
+            if self.order.get(self.next) == Some(&sha) {
+                self.write_known(&mut &buf[..], size, &sha)?;
+                self.advance()?;
+            } else {
+                self.memory += size;
+                self.waiting.insert(sha.clone(), Waiting::Memory(buf));
+            }
+            return Ok(written(sha));
+        }
+        // Too large for memory, and by its size not the next expected one: to the spill file.
+        let hint = self.order.get(self.next).and_then(|s| self.hints.get(s));
+        if hint.is_some_and(|&h| !near(size, h)) {
+            let (at, sha) = self.spill_blob(r, size, progress)?;
+            if self.has_blob(&sha) {
+                let res = self.spill_end().and_then(|(_, f)| f.set_len(at));
+                res.map_err(|e| self.io(e))?;
+                return Ok(written(sha));
+            }
+            self.waiting.insert(sha.clone(), Waiting::Spill(at, size));
+            self.waited += size;
+            if self.order.get(self.next) == Some(&sha) {
+                // The hint was wrong.
+                self.write_waiting(&sha)?;
+                self.advance()?;
+            }
+            return Ok(written(sha));
+        }
+        // Likely the next one: written in place, moved to the spill file if it is not.
         let start = self.pos;
         let w = self.write_blob(r, size, progress)?;
-        if self.pos == start || self.spilled.contains_key(&w.sha256) {
+        if self.pos == start || self.waiting.contains_key(&w.sha256) {
             // Taken back as a duplicate; or one already waiting.
             if self.pos != start {
                 self.blobs.remove(&w.sha256);
@@ -316,18 +483,7 @@ impl BundleWriter {
             return Ok(w);
         }
         if self.order.get(self.next) == Some(&w.sha256) {
-            self.next += 1;
-            // The blobs that waited for this one.
-            while let Some(sha) = self.order.get(self.next).cloned() {
-                if self.blobs.contains(&sha) {
-                    self.next += 1;
-                } else if self.spilled.contains_key(&sha) {
-                    self.write_spilled(&sha)?;
-                    self.next += 1;
-                } else {
-                    break;
-                }
-            }
+            self.advance()?;
             return Ok(w);
         }
         // Before its turn (or not in the order at all): it waits.
@@ -336,6 +492,54 @@ impl BundleWriter {
         self.move_to_spill(&w.sha256, start, size)
             .map_err(|e| self.io(e))?;
         Ok(w)
+    }
+
+    /// Streams `size` bytes of `r` to the end of the spill file, hashing them: returns the
+    /// offset and the sha256 (hex).
+    fn spill_blob(
+        &mut self,
+        r: &mut dyn Read,
+        size: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(u64, String), BundleError> {
+        let mut hasher = Sha256::new();
+        let res: io::Result<(u64, u64)> = (|| {
+            let (at, spill) = self.spill_end()?;
+            let mut out = BufWriter::with_capacity(1 << 20, spill);
+            let n = copy_hashed(r, &mut out, &mut hasher, progress)?;
+            out.flush()?;
+            Ok((at, n))
+        })();
+        let (at, n) = res.map_err(|e| self.io(e))?;
+        if n != size {
+            return Err(short(size, n));
+        }
+        Ok((at, hex::encode(hasher.finalize())))
+    }
+
+    /// Writes a blob whose sha256 (hex) is known where the file ends now.
+    fn write_known(&mut self, r: &mut dyn Read, size: u64, sha: &str) -> Result<(), BundleError> {
+        let path = format!("{BLOBS}{sha}");
+        let h = header(&path, size, self.mtime).map_err(|e| self.io(e))?;
+        let res: io::Result<u64> = (|| {
+            self.out.write_all(h.as_bytes())?;
+            let mut out = Writeback {
+                out: &mut self.out,
+                at: self.pos + BLOCK as u64,
+                synced: &mut self.synced,
+            };
+            let n = io::copy(r, &mut out)?;
+            self.pos += BLOCK as u64 + n;
+            self.pad(size)?;
+            Ok(n)
+        })();
+        let n = res.map_err(|e| self.io(e))?;
+        if n != size {
+            return Err(short(size, n));
+        }
+        self.blobs.insert(sha.to_string());
+        self.headers.push(*h.as_bytes());
+        Ok(())
     }
 
     /// Writes a blob where the file ends now (see [`BundleWriter::add_blob`]).
@@ -351,13 +555,16 @@ impl BundleWriter {
         let mut hasher = Sha256::new();
         let res: io::Result<u64> = (|| {
             self.out.write_all(h.as_bytes())?;
-            copy_hashed(r, &mut self.out, &mut hasher, progress)
+            let mut out = Writeback {
+                out: &mut self.out,
+                at: start + BLOCK as u64,
+                synced: &mut self.synced,
+            };
+            copy_hashed(r, &mut out, &mut hasher, progress)
         })();
         let n = res.map_err(|e| self.io(e))?;
         if n != size {
-            return Err(BundleError::Invalid(format!(
-                "a blob announced {size} bytes and gave {n}"
-            )));
+            return Err(short(size, n));
         }
         let sha = hex::encode(hasher.finalize());
         let path = format!("{BLOBS}{sha}");
@@ -401,10 +608,11 @@ impl BundleWriter {
     /// Whether the file already holds the blob with this sha256 (hex), or it waits for its
     /// turn.
     pub fn has_blob(&self, sha256: &str) -> bool {
-        self.blobs.contains(sha256) || self.spilled.contains_key(sha256)
+        self.blobs.contains(sha256) || self.waiting.contains_key(sha256)
     }
 
-    /// Bytes of blobs that came before their turn and waited in the spill file, so far.
+    /// Bytes of blobs that came before their turn and waited in the spill file (not those
+    /// that waited in memory), so far.
     pub fn waited_bytes(&self) -> u64 {
         self.waited
     }
@@ -448,6 +656,11 @@ impl Drop for BundleWriter {
             let _ = std::fs::remove_file(&self.partial);
         }
     }
+}
+
+/// A blob that gave other than the bytes it announced.
+fn short(size: u64, n: u64) -> BundleError {
+    BundleError::Invalid(format!("a blob announced {size} bytes and gave {n}"))
 }
 
 /// The seal's content: `sha256:<hex>\n` over `headers` then `manifest`.
@@ -925,28 +1138,54 @@ mod tests {
         let blobs: [&[u8]; 4] = [b"one", b"two", b"three", b"four"];
         let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
         let order: Vec<String> = blobs.iter().map(|b| sha(b)).collect();
-        let write_in = |name: &str, arrival: &[usize]| {
-            let p = d.path().join(name);
-            let mut w = BundleWriter::create(&p, 1_700_000_000).unwrap();
-            w.expect_order(order.clone());
-            for &i in arrival {
-                w.add_blob(&mut &blobs[i][..], blobs[i].len() as u64, &mut |_| {})
-                    .unwrap();
-            }
-            // One not in the order, and a duplicate of one that waits.
-            w.add_blob_bytes(b"extra").unwrap();
-            w.add_blob_bytes(b"four").unwrap();
-            w.finish(b"{}").unwrap();
-            assert!(!d.path().join(format!("{name}.spill")).exists());
-            p
+        // Waiting in memory; in the spill file, moved there after being written in place (no
+        // size hints, or near ones); streamed there straight (hints far from every size, so the
+        // expected one is found in the spill file too).
+        let hints = |bytes: Option<u64>| -> HashMap<String, u64> {
+            blobs
+                .iter()
+                .map(|b| (sha(b), bytes.unwrap_or(b.len() as u64)))
+                .collect()
         };
-        let a = write_in("a.tar", &[0, 1, 2, 3]);
-        let b = write_in("b.tar", &[3, 1, 0, 2]);
-        let c = write_in("c.tar", &[2, 3, 1, 0]);
-        let bytes = std::fs::read(&a).unwrap();
-        assert_eq!(bytes, std::fs::read(&b).unwrap());
-        assert_eq!(bytes, std::fs::read(&c).unwrap());
-        let s = scan(&a, &mut |_| {}).unwrap();
+        let ways = [
+            (DEFAULT_MEMORY_BUDGET, HashMap::new()),
+            (0, HashMap::new()),
+            (0, hints(None)),
+            (0, hints(Some(10 << 20))),
+        ];
+        let mut files = Vec::new();
+        for (way, (budget, sizes)) in ways.iter().enumerate() {
+            for (k, arrival) in [[0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]]
+                .iter()
+                .enumerate()
+            {
+                let p = d.path().join(format!("{way}-{k}.tar"));
+                let mut w = BundleWriter::create(&p, 1_700_000_000).unwrap();
+                w.set_memory_budget(*budget);
+                w.expect_order(order.clone());
+                w.expect_sizes(sizes.clone());
+                for &i in arrival {
+                    w.add_blob(&mut &blobs[i][..], blobs[i].len() as u64, &mut |_| {})
+                        .unwrap();
+                }
+                // One not in the order, and a duplicate of one that waits.
+                w.add_blob_bytes(b"extra").unwrap();
+                w.add_blob_bytes(b"four").unwrap();
+                if *budget > 0 {
+                    assert_eq!(w.waited_bytes(), 0, "way {way}: all waited in memory");
+                } else if k > 0 {
+                    assert!(w.waited_bytes() > 0, "way {way}: some waited on disk");
+                }
+                w.finish(b"{}").unwrap();
+                assert!(!sibling(&p, ".spill").exists());
+                files.push(p);
+            }
+        }
+        let bytes = std::fs::read(&files[0]).unwrap();
+        for f in &files[1..] {
+            assert_eq!(bytes, std::fs::read(f).unwrap(), "{}", f.display());
+        }
+        let s = scan(&files[0], &mut |_| {}).unwrap();
         let names: Vec<String> = s
             .entries
             .iter()

@@ -17,7 +17,10 @@ use tracing::{info, info_span, Instrument};
 
 use crate::archive::BundleWriter;
 pub use crate::Progress;
-use crate::{archive, gitbundle, BundleError, ImageEntry, Manifest, Part, RepoInfo, FORMAT};
+use crate::{
+    archive, gitbundle, BundleError, DataFile, DataSetEntry, ImageEntry, Manifest, Part, RepoInfo,
+    FORMAT,
+};
 
 /// The OCI annotation naming an image's tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -30,6 +33,21 @@ pub struct ExportOptions {
     pub sources: Option<PathBuf>,
     /// berth's cache folder, where the repository's clone is looked up for the git bundle.
     pub cache_dir: PathBuf,
+    /// Data sets of berth's data library to carry along, in this order.
+    pub data: Vec<DataSetSource>,
+}
+
+/// A data set to bundle: a version's Zarr store as the data library keeps it.
+#[derive(Debug, Clone)]
+pub struct DataSetSource {
+    /// The data set's name.
+    pub name: String,
+    /// Its version id (64 hex digits).
+    pub version: String,
+    /// The library's record of the version, kept as it is in `berth.json`.
+    pub record: serde_json::Value,
+    /// The store's folder (read only).
+    pub dir: PathBuf,
 }
 
 /// What an export wrote.
@@ -50,6 +68,8 @@ pub struct ExportSummary {
     pub sources_bytes: u64,
     /// Bytes of the git bundle, 0 when the repository was not found.
     pub repo_bytes: u64,
+    /// Bytes of the data sets' files (each distinct file once), 0 without.
+    pub data_bytes: u64,
     /// What berth does not know about the image (field names).
     pub unknown: Vec<String>,
     /// Wall-clock seconds.
@@ -82,6 +102,30 @@ async fn inspect(engine: &Engine, name: &str) -> Result<Option<Img>, BundleError
         }) => Ok(None),
         Err(e) => Err(BundleError::Engine(e.to_string())),
     }
+}
+
+/// The approximate size in bytes of each of `img`'s layers, diff id hex → bytes: the image
+/// history's entries that made a layer (size above 0), oldest first, taken as the layers in
+/// order when their number matches (a layer that changed nothing has size 0 too, and then
+/// nothing is known). Only a hint for the writer ([`BundleWriter::expect_sizes`]).
+async fn layer_sizes(engine: &Engine, img: &Img) -> HashMap<String, u64> {
+    let Ok(history) = engine.docker().image_history(&img.id).await else {
+        return HashMap::new();
+    };
+    let sizes: Vec<u64> = history
+        .iter()
+        .rev()
+        .filter(|h| h.size > 0)
+        .map(|h| h.size as u64)
+        .collect();
+    if sizes.len() != img.layers.len() {
+        return HashMap::new();
+    }
+    img.layers
+        .iter()
+        .map(|l| l.trim_start_matches("sha256:").to_string())
+        .zip(sizes)
+        .collect()
 }
 
 /// A name for `img` that `docker save` keeps as a tag: its own when it is a tag, else the
@@ -358,18 +402,33 @@ pub async fn export(
             .map(|r| r.map_err(std::io::Error::other));
         let reader = tokio_util::io::StreamReader::new(stream);
         // The engine's archive comes in an order that changes from run to run (see
-        // `archive`): its blobs are written in this one, each image's config then its layers,
-        // the base image's first.
+        // `archive`): its blobs are written in this one, the layers largest first (so the
+        // largest never waits), then the configs; without sizes, the layers bottom first.
+        // Smaller blobs that come early wait in memory.
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        for m in &images {
+            sizes.extend(layer_sizes(engine, m).await);
+        }
         let mut order: Vec<String> = Vec::new();
         for m in images.iter().rev() {
-            for d in std::iter::once(&m.id).chain(m.layers.iter()) {
+            for d in &m.layers {
                 let hex = d.trim_start_matches("sha256:").to_string();
                 if !order.contains(&hex) {
                     order.push(hex);
                 }
             }
         }
+        if order.iter().all(|d| sizes.contains_key(d)) {
+            order.sort_by(|a, b| (sizes[b], a).cmp(&(sizes[a], b)));
+        }
+        for m in images.iter().rev() {
+            let hex = m.id.trim_start_matches("sha256:").to_string();
+            if !order.contains(&hex) {
+                order.push(hex);
+            }
+        }
         w.expect_order(order.clone());
+        w.expect_sizes(sizes);
         let p2 = progress.clone();
         let (mut w, saved) = tokio::task::spawn_blocking(move || {
             let r = tokio_util::io::SyncIoBridge::new(reader);
@@ -377,7 +436,7 @@ pub async fn export(
                 w.flush_waiting()?;
                 tracing::debug!(
                     bytes = w.waited_bytes(),
-                    "blobs that came before their turn"
+                    "blobs that came before their turn and waited on disk"
                 );
                 Ok(s)
             });
@@ -490,6 +549,42 @@ pub async fn export(
             }
         }
 
+        let mut data_bytes = 0;
+        let mut data = Vec::new();
+        for d in &opts.data {
+            let files = store_files(&d.dir)?;
+            let total: u64 = files.iter().map(|f| f.2).sum();
+            let mut entry = DataSetEntry {
+                name: d.name.clone(),
+                version: d.version.clone(),
+                record: d.record.clone(),
+                files: Vec::new(),
+            };
+            let mut done = 0;
+            for (key, path, size) in files {
+                let mut f = std::fs::File::open(&path).map_err(|e| BundleError::io(&path, e))?;
+                let before = done;
+                let blob = w.add_blob(&mut f, size, &mut |n| {
+                    progress(Progress {
+                        step: "data",
+                        done: before + n,
+                        total,
+                    })
+                })?;
+                done += size;
+                entry.files.push(DataFile {
+                    key: key.clone(),
+                    sha256: blob.sha256.clone(),
+                    bytes: blob.bytes,
+                });
+                if !parts.iter().any(|p| p.path == blob.path) {
+                    data_bytes += blob.bytes;
+                    parts.push(part(blob, "data", Some(format!("{}/{key}", d.name))));
+                }
+            }
+            data.push(entry);
+        }
+
         let index = ImageIndexBuilder::default()
             .schema_version(SCHEMA_VERSION)
             .media_type(MediaType::ImageIndex)
@@ -545,6 +640,7 @@ pub async fn export(
             packages,
             labels: berth_labels,
             unknown: unknown.clone(),
+            data,
             parts,
         };
         let json = serde_json::to_vec_pretty(&manifest)
@@ -560,6 +656,7 @@ pub async fn export(
             image_bytes,
             sources_bytes,
             repo_bytes,
+            data_bytes,
             unknown,
             seconds,
         })
@@ -576,6 +673,47 @@ fn part(w: archive::Written, kind: &str, name: Option<String>) -> Part {
         bytes: w.bytes,
         name,
     }
+}
+
+/// The files of a Zarr store folder in key order (`/`-separated paths relative to `dir`,
+/// sorted as strings, as the data library hashes them): `(key, path, bytes)`. Anything but
+/// files and folders is refused.
+fn store_files(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, BundleError> {
+    fn walk(
+        dir: &Path,
+        prefix: &str,
+        out: &mut Vec<(String, PathBuf, u64)>,
+    ) -> Result<(), BundleError> {
+        for e in std::fs::read_dir(dir).map_err(|e| BundleError::io(dir, e))? {
+            let e = e.map_err(|e| BundleError::io(dir, e))?;
+            let path = e.path();
+            let name = e.file_name().into_string().map_err(|_| {
+                BundleError::Invalid(format!("{}: a store key is not UTF-8", path.display()))
+            })?;
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let ft = e.file_type().map_err(|e| BundleError::io(&path, e))?;
+            if ft.is_dir() {
+                walk(&path, &key, out)?;
+            } else if ft.is_file() {
+                let size = e.metadata().map_err(|e| BundleError::io(&path, e))?.len();
+                out.push((key, path, size));
+            } else {
+                return Err(BundleError::Invalid(format!(
+                    "{}: not a file or folder in a data store",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out)?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
 
 /// The files of a sources folder, sorted by path: `(kind, path, bytes)`.

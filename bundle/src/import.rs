@@ -1,5 +1,6 @@
 //! `berth import`: check every byte of a bundle, then load its images into the Docker engine.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub struct Imported {
     /// berth's manifest.
     #[serde(skip)]
     pub manifest: Manifest,
+    /// Where each part is in the file (for [`copy_data`]).
+    #[serde(skip)]
+    pub scan: archive::Scan,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -276,6 +280,7 @@ pub async fn import(
             loaded,
             digest: v.digest().to_string(),
             manifest: m,
+            scan: v.scan.clone(),
             seconds,
         })
     }
@@ -287,6 +292,52 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Copies the files of the bundle's data set `d` into the empty folder `dir`, each at its key
+/// (`dir/KEY`), from the bundle at `path` whose parts `scan` located (as [`import`] returns
+/// it, every byte verified). Returns the bytes copied. The caller registers the store (the
+/// data library hashes it again against `d.version`).
+///
+/// # Errors
+/// [`BundleError::Corrupt`] for a key that would leave `dir` (`..`, an absolute path, an
+/// empty component); [`BundleError::Missing`] for a blob the file lacks; [`BundleError::Io`].
+pub fn copy_data(
+    path: &Path,
+    scan: &archive::Scan,
+    d: &crate::DataSetEntry,
+    dir: &Path,
+) -> Result<u64, BundleError> {
+    let entries: HashMap<&str, &archive::Entry> =
+        scan.entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    let mut n = 0;
+    for f in &d.files {
+        let ok = !f.key.is_empty()
+            && f.key
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+            && Path::new(&f.key)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !ok {
+            return Err(BundleError::Corrupt(format!(
+                "data set {}: key {:?}",
+                d.name, f.key
+            )));
+        }
+        let blob = format!("{}{}", archive::BLOBS, f.sha256);
+        let e = entries
+            .get(blob.as_str())
+            .ok_or_else(|| BundleError::Missing(format!("the bundle lacks {blob}")))?;
+        let dest = dir.join(&f.key);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|er| BundleError::io(parent, er))?;
+        }
+        let mut out = std::fs::File::create(&dest).map_err(|er| BundleError::io(&dest, er))?;
+        archive::copy_entry(path, e, &mut out)?;
+        n += f.bytes;
+    }
+    Ok(n)
 }
 
 /// Copies the bundle's sources (wheels, sdists, Debian packages) and nothing else into `dir`,

@@ -7,7 +7,7 @@
 //! | part | path | what |
 //! |---|---|---|
 //! | OCI layout marker | `oci-layout` | `{"imageLayoutVersion":"1.0.0"}` (OCI image layout spec) |
-//! | blobs | `blobs/sha256/<hex>` | layers (uncompressed tar, `application/vnd.oci.image.layer.v1.tar`), image configs, OCI manifests, the git bundle, and with `--sources` every wheel, sdist and Debian package, each named by its sha256 |
+//! | blobs | `blobs/sha256/<hex>` | layers (uncompressed tar, `application/vnd.oci.image.layer.v1.tar`), image configs, OCI manifests, the git bundle, with `--sources` every wheel, sdist and Debian package, and with data sets every file of their Zarr stores, each named by its sha256 |
 //! | OCI index | `index.json` | one manifest per image: the repository image, its environment image, and with `--sources` the base image; `org.opencontainers.image.ref.name` gives each one's tag |
 //! | Docker's manifest | `manifest.json` | the same images as `docker save` lists them, pointing at the same blobs, so that `docker load` of Docker 20.10 (which reads no `index.json`) loads the file as it is |
 //! | berth's manifest | `berth.json` | [`Manifest`]: provenance, package lists, and the sha256 and size of every other part |
@@ -28,8 +28,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use export::{export, ExportOptions, ExportSummary};
-pub use import::{import, Imported};
+pub use export::{export, DataSetSource, ExportOptions, ExportSummary};
+pub use import::{copy_data, import, Imported};
 
 /// The format version this berth writes and reads.
 pub const FORMAT: u32 = 1;
@@ -133,7 +133,7 @@ pub struct Part {
     /// Path inside the file.
     pub path: String,
     /// What it is: `oci-layout`, `index`, `docker-manifest`, `layer`, `config`, `manifest`,
-    /// `repo`, `wheel`, `sdist`, `deb`.
+    /// `repo`, `wheel`, `sdist`, `deb`, `data`.
     pub kind: String,
     /// sha256 of its bytes, 64 hex digits.
     pub sha256: String,
@@ -181,8 +181,37 @@ pub struct Manifest {
     pub labels: BTreeMap<String, String>,
     /// What berth does not know about this image (an image berth did not build): field names.
     pub unknown: Vec<String>,
+    /// The data sets from berth's data library that travel with the image (`berth export
+    /// --data`), mounted at `/data/NAME` when the bundle runs. Absent in bundles without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<DataSetEntry>,
     /// Every other part of the file.
     pub parts: Vec<Part>,
+}
+
+/// One data set in the bundle: a Zarr store of berth's data library, each of its files a
+/// blob (part kind `data`, named `NAME/KEY`), so that identical chunks are stored once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSetEntry {
+    /// The data set's name in the library.
+    pub name: String,
+    /// The version: 64 hex digits, the library's sha256 over the store's keys and bytes.
+    pub version: String,
+    /// The library's record of the version (sources, ingest options, sizes), as it wrote it.
+    pub record: serde_json::Value,
+    /// The store's files in key order.
+    pub files: Vec<DataFile>,
+}
+
+/// One file of a data set's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// Its key in the store (`/`-separated path, `sst/c/0/0/0`).
+    pub key: String,
+    /// sha256 of its bytes (the blob), 64 hex digits.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
 }
 
 impl Manifest {
@@ -320,6 +349,7 @@ mod tests {
             packages: None,
             labels: BTreeMap::new(),
             unknown: vec![],
+            data: Vec::new(),
             parts,
         };
         w.finish(&serde_json::to_vec(&m).unwrap()).unwrap();

@@ -240,9 +240,7 @@ pub fn validate_name(name: &str) -> Result<(), DataError> {
 /// Returned as 64 lower-case hex digits. Symbolic links and other non-regular files are an
 /// error ([`DataError::Metadata`]): a store holds files only.
 pub fn hash_store(dir: &Path) -> Result<String, DataError> {
-    let mut files = Vec::new();
-    list_files(dir, "", &mut files)?;
-    files.sort();
+    let files = store_keys(dir)?;
     let mut h = Sha256::new();
     for key in files {
         let p = dir.join(&key);
@@ -265,6 +263,19 @@ pub fn hash_store(dir: &Path) -> Result<String, DataError> {
         }
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// The keys of the store in `dir` (file paths relative to it, `/`-separated), sorted: the
+/// order [`hash_store`] reads them in.
+///
+/// # Errors
+/// [`DataError::Io`]; [`DataError::Metadata`] for a key that is not UTF-8 or an entry other
+/// than a file or folder.
+pub fn store_keys(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut files = Vec::new();
+    list_files(dir, "", &mut files)?;
+    files.sort();
+    Ok(files)
 }
 
 fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), DataError> {
@@ -416,7 +427,7 @@ impl Library {
         Ok(lib)
     }
 
-    /// Removes `tmp/ingest-<pid>-…` and `tmp/rm-<pid>-…` left by processes that died (no
+    /// Removes `tmp/ingest-<pid>-…`, `tmp/import-<pid>-…` and `tmp/rm-<pid>-…` left by processes that died (no
     /// `/proc/<pid>`; Linux only, elsewhere nothing is removed).
     fn remove_stale_temporaries(&self) {
         if !Path::new("/proc/self").exists() {
@@ -430,6 +441,7 @@ impl Library {
             let pid = name
                 .strip_prefix("ingest-")
                 .or_else(|| name.strip_prefix("rm-"))
+                .or_else(|| name.strip_prefix("import-"))
                 .and_then(|rest| rest.split('-').next())
                 .and_then(|p| p.parse::<u32>().ok());
             if let Some(pid) = pid {
@@ -572,12 +584,97 @@ impl Library {
             .join(format!("ingest-{}", unique_suffix()));
         std::fs::create_dir_all(&tmp_path)
             .map_err(|e| DataError::io(format!("creating {}", tmp_path.display()), e))?;
-        let mut tmp = TempDir(Some(tmp_path.clone()));
+        let tmp = TempDir(Some(tmp_path.clone()));
         let logical_bytes = ingest::write_store(&tmp_path, &opened, &plan, &opts, progress)?;
         drop(opened);
         let id = hash_store(&tmp_path)?;
         let stored_bytes = dir_size(&tmp_path)?;
-        let dest = self.version_path(&id);
+        let v = self.register(name, tmp, &id, || VersionRecord {
+            version: id.clone(),
+            created: chrono::Utc::now(),
+            sources: abs,
+            options: opts,
+            stored_bytes,
+            logical_bytes,
+        })?;
+        tracing::info!(version = %id, stored_bytes, logical_bytes, elapsed = ?started.elapsed(), "ingested");
+        Ok(v)
+    }
+
+    /// A new empty folder under `ROOT/tmp/` to assemble a store in for [`Library::adopt`]
+    /// (removed by the next [`Library::open`] if this process dies).
+    ///
+    /// # Errors
+    /// [`DataError::Io`].
+    pub fn staging_dir(&self) -> Result<PathBuf, DataError> {
+        let p = self
+            .root
+            .join("tmp")
+            .join(format!("import-{}", unique_suffix()));
+        std::fs::create_dir_all(&p)
+            .map_err(|e| DataError::io(format!("creating {}", p.display()), e))?;
+        Ok(p)
+    }
+
+    /// Registers the complete Zarr store assembled in `dir` (a [`Library::staging_dir`]) as
+    /// the newest version of `name`, byte for byte, as it was recorded elsewhere (a bundle's
+    /// data set): the store must hash ([`hash_store`]) to `record.version`. `record` becomes
+    /// the history entry (its `stored_bytes` recomputed). `dir` is moved into
+    /// `ROOT/versions/`, or removed when that version is stored already; on any error it is
+    /// removed and nothing is registered.
+    ///
+    /// # Errors
+    /// [`DataError::InvalidName`]; [`DataError::Corrupt`] when the store is not the version
+    /// recorded; [`DataError::Metadata`] for a `dir` outside `ROOT/tmp/` or with other than
+    /// files and folders; [`DataError::Io`].
+    pub fn adopt(
+        &self,
+        name: &str,
+        dir: &Path,
+        record: VersionRecord,
+    ) -> Result<Version, DataError> {
+        let _span = tracing::info_span!("adopt", name, version = %record.version).entered();
+        let tmp = TempDir(Some(dir.to_path_buf()));
+        validate_name(name)?;
+        if dir.parent() != Some(self.root.join("tmp").as_path()) {
+            return Err(DataError::Metadata {
+                path: dir.to_path_buf(),
+                message: "not a staging folder of this library".into(),
+            });
+        }
+        let id = hash_store(dir)?;
+        if id != record.version {
+            return Err(DataError::Corrupt {
+                name: name.to_string(),
+                version: record.version,
+                actual: id,
+            });
+        }
+        let stored_bytes = dir_size(dir)?;
+        self.register(name, tmp, &id, || VersionRecord {
+            stored_bytes,
+            ..record
+        })
+    }
+
+    /// Moves the complete store `tmp` (under `ROOT/tmp/`, hashing to `id`) to
+    /// `ROOT/versions/<id>`, or drops it when that version is stored already, and appends the
+    /// version `record` makes to `name`'s history unless it is the newest already. If the
+    /// history cannot be written, a store this call put in place is removed again.
+    fn register(
+        &self,
+        name: &str,
+        mut tmp: TempDir,
+        id: &str,
+        record: impl FnOnce() -> VersionRecord,
+    ) -> Result<Version, DataError> {
+        let Some(tmp_path) = tmp.0.clone() else {
+            return Err(DataError::Metadata {
+                path: self.root.join("tmp"),
+                message: "no store to register".into(),
+            });
+        };
+        let dest = self.version_path(id);
 
         let _lock = self.lock()?;
         let mut created = false;
@@ -607,14 +704,7 @@ impl Library {
             Ok(match nf.versions.last() {
                 Some(last) if last.version == id => last.clone(),
                 _ => {
-                    let r = VersionRecord {
-                        version: id.clone(),
-                        created: chrono::Utc::now(),
-                        sources: abs,
-                        options: opts,
-                        stored_bytes,
-                        logical_bytes,
-                    };
+                    let r = record();
                     nf.versions.push(r.clone());
                     self.write_name(&nf)?;
                     r
@@ -627,12 +717,11 @@ impl Library {
                 // Not registered (e.g. the disk is full): a store this call put in place goes
                 // too (nobody else can reference it: the lock is held).
                 if created {
-                    let _ = self.delete_store(&id);
+                    let _ = self.delete_store(id);
                 }
                 return Err(e);
             }
         };
-        tracing::info!(version = %id, stored_bytes, logical_bytes, elapsed = ?started.elapsed(), "ingested");
         Ok(Version {
             name: name.to_string(),
             record,

@@ -298,3 +298,62 @@ fn inspect_matches_numpy() {
     );
     assert_eq!((sst.count, sst.missing), (w[3] as u64, w[4] as u64));
 }
+
+/// A store copied elsewhere (as a bundle carries it) is adopted into another library byte for
+/// byte, as the same version; a changed copy is refused and leaves nothing behind.
+#[test]
+fn adopted_stores_keep_their_version_and_changed_ones_are_refused() {
+    let (_d1, lib) = library();
+    let v = add(
+        &lib,
+        "sst",
+        &[fixture("sst_ndjfm_anom.nc")],
+        IngestOptions::default(),
+    );
+    let (_d2, other) = library();
+    let copy = |to: &std::path::Path| {
+        for key in berth_data::store_keys(&v.path).unwrap() {
+            let dest = to.join(&key);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(v.path.join(&key), dest).unwrap();
+        }
+    };
+
+    // Changed by one byte: refused, nothing registered, the staging folder gone.
+    let staging = other.staging_dir().unwrap();
+    copy(&staging);
+    let meta = staging.join("zarr.json");
+    let mut bytes = std::fs::read(&meta).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&meta, bytes).unwrap();
+    let err = other
+        .adopt("sst", &staging, v.record.clone())
+        .expect_err("a changed store");
+    assert!(matches!(err, DataError::Corrupt { .. }), "{err}");
+    assert!(!staging.exists());
+    assert!(matches!(
+        other.resolve("sst"),
+        Err(DataError::UnknownName(_))
+    ));
+    assert_eq!(
+        std::fs::read_dir(other.root().join("versions"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // A folder that is not one of its staging folders is refused.
+    let outside = tempfile::tempdir().unwrap();
+    copy(outside.path());
+    assert!(other
+        .adopt("sst", outside.path(), v.record.clone())
+        .is_err());
+
+    let staging = other.staging_dir().unwrap();
+    copy(&staging);
+    let a = other.adopt("sst", &staging, v.record.clone()).unwrap();
+    assert_eq!(a.id(), v.id());
+    assert_eq!(a.record.sources, v.record.sources);
+    assert_eq!(other.verify("sst").unwrap().id(), v.id());
+    assert!(!staging.exists());
+}

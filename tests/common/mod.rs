@@ -320,3 +320,20 @@ pub fn test_python() -> PathBuf {
     );
     p
 }
+
+/// `berth data add NAME FILE EXTRA… --json` into the library at `root`: the version id.
+pub fn data_add(root: &Path, name: &str, file: &Path, extra: &[&str]) -> String {
+    let out = berth()
+        .env("BERTH_DATA_DIR", root)
+        .args(["data", "add", name, file.to_str().unwrap(), "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["version"].as_str().unwrap().to_string()
+}

@@ -242,9 +242,12 @@ async fn bundle_file(
         tracing::info!("bundle cached");
         return Ok(path);
     }
+    // The environment and repository only: data sets stay in the server's library (they can
+    // be large, and are served at /data).
     let opts = ExportOptions {
         sources: None,
         cache_dir: cache_dir.to_path_buf(),
+        data: Vec::new(),
     };
     let (image, out) = (image.to_string(), path.clone());
     let task = tokio::spawn(

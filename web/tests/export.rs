@@ -52,6 +52,7 @@ impl berth_web::Exporter for FakeExporter {
             image_bytes: 0,
             sources_bytes: 0,
             repo_bytes: 0,
+            data_bytes: 0,
             unknown: Vec::new(),
             seconds: 0.5,
         })
