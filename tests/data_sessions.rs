@@ -138,7 +138,8 @@ print(hashlib.sha256(np.ascontiguousarray(nc.sst.values, dtype='<f8').tobytes())
         let mounts: serde_json::Value =
             serde_json::from_str(docker(&["inspect", "-f", "{{json .Mounts}}", id]).trim())
                 .unwrap();
-        let data: Vec<(String, bool)> = mounts
+        // The engine lists mounts in no fixed order.
+        let mut data: Vec<(String, bool)> = mounts
             .as_array()
             .unwrap()
             .iter()
@@ -150,6 +151,7 @@ print(hashlib.sha256(np.ascontiguousarray(nc.sst.values, dtype='<f8').tobytes())
                 )
             })
             .collect();
+        data.sort();
         if role.trim() == "scheduler" {
             continue;
         }
@@ -316,4 +318,86 @@ fn unknown_data_sets_fail_before_anything_starts() {
             .unwrap_or_default();
         assert_ne!(url, repo.display().to_string(), "container {c} was left");
     }
+}
+
+/// In the session's kernel: each data set under /data opens in xarray identical to its
+/// original NetCDF file (committed to the repository), and the session's Dask workers compute
+/// a mean over `time` from /data/sst equal to NumPy's on the original.
+const XARRAY_IN_THE_SESSION: &str = r#"
+import numpy as np, xarray as xr
+from distributed import Client, get_task_stream
+files = {'sst': 'sst_ndjfm_anom.nc', 'hgt': 'hgt_djf.nc', 'uwnd': 'uwnd_mean.nc',
+         'vwnd': 'vwnd_mean.nc'}
+for name, f in files.items():
+    xr.testing.assert_identical(xr.open_zarr(f'/data/{name}').load(), xr.open_dataset(f).load())
+    print('IDENTICAL', name)
+c = Client()
+workers = set(c.scheduler_info()['workers'])
+with get_task_stream(client=c) as ts:
+    mean = xr.open_zarr('/data/sst', chunks={'time': 10}).sst.mean('time').compute()
+ran_on = {t['worker'] for t in ts.data}
+ref = np.nanmean(xr.open_dataset('sst_ndjfm_anom.nc').sst.values, axis=0)
+print('MEAN', len(workers), len(ts.data) > 0 and ran_on <= workers,
+      bool(np.allclose(mean.values, ref, rtol=1e-12, equal_nan=True)))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xarray_in_the_session_reads_the_data_sets_and_workers_compute_from_them() {
+    let lib = tempfile::tempdir().unwrap();
+    let files = [
+        ("sst", "sst_ndjfm_anom.nc"),
+        ("hgt", "hgt_djf.nc"),
+        ("uwnd", "uwnd_mean.nc"),
+        ("vwnd", "vwnd_mean.nc"),
+    ];
+    for (name, f) in files {
+        data_add(lib.path(), name, &fixture_data(f), &[]);
+    }
+    // A repository that asks for xarray, zarr, netCDF4 and dask, with the original files.
+    let dir = repo_with(&[("requirements.txt", "xarray\nzarr>=3\nnetCDF4\ndask\n")]);
+    for (_, f) in files {
+        std::fs::copy(fixture_data(f), dir.path().join(f)).unwrap();
+    }
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-qm", "the original files"]);
+
+    let launched = tokio::task::spawn_blocking({
+        let repo = dir.path().to_path_buf();
+        let root = lib.path().to_path_buf();
+        move || {
+            let _g = build_lock();
+            let mut cmd = berth();
+            cmd.env("BERTH_DATA_DIR", &root).args([
+                "launch",
+                repo.to_str().unwrap(),
+                "--json",
+                "--workers",
+                "2",
+            ]);
+            for (name, _) in files {
+                cmd.args(["--data", name]);
+            }
+            let out = cmd.output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<Launched>(&out.stdout).unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let _stop = StopOnDrop(launched.session.clone());
+    let (base, token) = server_of(&launched.url, "lab");
+    let cell = execute(&base, &token, XARRAY_IN_THE_SESSION).await;
+    assert_eq!(cell.error, None, "{}", cell.output);
+    for (name, _) in files {
+        assert!(
+            cell.output.contains(&format!("IDENTICAL {name}")),
+            "{}",
+            cell.output
+        );
+    }
+    assert!(cell.output.contains("MEAN 2 True True"), "{}", cell.output);
 }
