@@ -503,12 +503,7 @@ fn data_sets_travel_in_the_bundle_and_are_mounted_where_it_runs() {
 
     let file = here.path().join("with-data.tar");
     let out = export(&["--data", "sst", "--json"], &file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
     assert!(s["data_bytes"].as_u64().unwrap() > 1000, "{s}");
     let m = manifest_of(&file);
     assert_eq!(m["data"][0]["name"], "sst");
@@ -561,25 +556,14 @@ fn data_sets_travel_in_the_bundle_and_are_mounted_where_it_runs() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("DATA [50, 18, 30] False"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let out = berth()
-        .env("BERTH_DATA_DIR", &elsewhere)
-        .args(["data", "verify", &format!("sst@{version}")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let printed = stdout_of(&out);
+    assert!(printed.contains("DATA [50, 18, 30] False"), "{printed}");
+    stdout_of(
+        &berth()
+            .env("BERTH_DATA_DIR", &elsewhere)
+            .args(["data", "verify", &format!("sst@{version}")])
+            .output()
+            .unwrap(),
     );
     // `berth import` of the same file into a library that has the version keeps it as it is.
     let out = berth()

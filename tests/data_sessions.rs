@@ -377,13 +377,7 @@ async fn xarray_in_the_session_reads_the_data_sets_and_workers_compute_from_them
             for (name, _) in files {
                 cmd.args(["--data", name]);
             }
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            serde_json::from_slice::<Launched>(&out.stdout).unwrap()
+            serde_json::from_str::<Launched>(&stdout_of(&cmd.output().unwrap())).unwrap()
         }
     })
     .await

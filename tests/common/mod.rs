@@ -329,11 +329,16 @@ pub fn data_add(root: &Path, name: &str, file: &Path, extra: &[&str]) -> String 
         .args(extra)
         .output()
         .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(&out)).unwrap();
+    v["version"].as_str().unwrap().to_string()
+}
+
+/// The stdout of a command that must have succeeded (else the test fails showing its stderr).
+pub fn stdout_of(out: &Output) -> String {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["version"].as_str().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
