@@ -66,7 +66,8 @@ enum DataCommand {
         /// NAME or NAME@VERSION.
         spec: String,
     },
-    /// Remove NAME (its whole history) or one version NAME@VERSION.
+    /// Remove NAME (its whole history) or one version NAME@VERSION. Refused while a session
+    /// of this machine's engine mounts it.
     Rm {
         /// NAME or NAME@VERSION.
         spec: String,
@@ -101,6 +102,28 @@ fn dim_value(s: &str, what: &str, zero_ok: bool) -> anyhow::Result<(String, u64)
         return Err(bad());
     }
     Ok((d.trim().to_string(), n))
+}
+
+/// The sessions of this machine's engine that mount one of `versions` (ids) of data set
+/// `name`, from their `berth.data` label. Without a reachable engine no session can mount it:
+/// none.
+async fn sessions_mounting(name: &str, versions: &[String]) -> anyhow::Result<Vec<String>> {
+    use berth_launcher::Backend;
+    let Ok(engine) = berth_builder::Engine::connect().await else {
+        return Ok(Vec::new());
+    };
+    let backend = berth_launcher::DockerBackend::with_client(engine.docker().clone());
+    let mounts = |d: &String| {
+        d.split_once('@')
+            .is_some_and(|(n, v)| n == name && versions.iter().any(|id| id == v))
+    };
+    Ok(backend
+        .list()
+        .await?
+        .into_iter()
+        .filter(|s| s.data.iter().any(mounts))
+        .map(|s| s.id)
+        .collect())
 }
 
 fn library(dir: &Option<PathBuf>) -> anyhow::Result<Library> {
@@ -245,8 +268,26 @@ fn data_blocking(args: DataArgs) -> anyhow::Result<ExitCode> {
         }
         DataCommand::Rm { spec } => {
             let lib = library(&args.data_dir)?;
+            let (name, version) = berth_data::parse_spec(&spec)?;
+            // The versions this removes (an unknown one fails here, before anything changes).
+            let ids: Vec<String> = if version.is_some() {
+                vec![lib.resolve(&spec)?.id().to_string()]
+            } else {
+                lib.history(name)?
+                    .iter()
+                    .map(|v| v.id().to_string())
+                    .collect()
+            };
+            // On the runtime this blocking thread belongs to.
+            let users =
+                tokio::runtime::Handle::current().block_on(sessions_mounting(name, &ids))?;
+            if !users.is_empty() {
+                anyhow::bail!(
+                    "data set {spec} is mounted by session {}: stop it first (berth stop)",
+                    users.join(", ")
+                );
+            }
             let r = lib.rm(&spec)?;
-            let name = spec.split('@').next().unwrap_or(&spec);
             let mut t = String::new();
             for v in &r.unregistered {
                 t += &format!(

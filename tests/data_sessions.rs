@@ -209,6 +209,33 @@ print(hashlib.sha256(np.ascontiguousarray(nc.sst.values, dtype='<f8').tobytes())
         cell.output
     );
 
+    // A data set a session mounts cannot be removed under it: one error line, nothing lost.
+    let out = tokio::task::spawn_blocking({
+        let root = lib.path().to_path_buf();
+        move || {
+            berth()
+                .env("BERTH_DATA_DIR", &root)
+                .args(["data", "rm", "sst"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("mounted by session") && stderr.contains(&session),
+        "{stderr}"
+    );
+    assert!(lib
+        .path()
+        .join("versions")
+        .join(&sst)
+        .join("zarr.json")
+        .exists());
+
     // `berth run` mounts them too (no cluster needed for that).
     let out = {
         let _g = build_lock();

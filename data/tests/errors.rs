@@ -262,3 +262,38 @@ fn failed_write_removes_the_temporary_store() {
     );
     assert!(lib.ls().unwrap().is_empty());
 }
+
+/// A full disk during an ingest (the library on a 256 KiB tmpfs; the store needs about
+/// 500 KiB): an I/O error naming the cause, no version registered, no partial store left.
+#[test]
+fn a_full_disk_during_ingest_registers_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "mounting a tmpfs needs root, which the tests have");
+    // Unmounted whatever happens below.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let lib = Library::open(mnt.join("lib")).unwrap();
+    let opts = IngestOptions {
+        codec: "none".parse().unwrap(),
+        ..Default::default()
+    };
+    let err = fails(&lib, "uwnd", &[fixture("uwnd_mean.nc")], opts);
+    msg_contains(&err, &["No space left"]);
+    assert_eq!(std::fs::read_dir(mnt.join("lib/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(mnt.join("lib/versions")).unwrap().count(),
+        0
+    );
+}

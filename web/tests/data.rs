@@ -497,3 +497,52 @@ async fn stac_urls_follow_the_host_or_the_public_url() {
     );
     assert!(!empty.path().join("none").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_gets_a_new_url_and_the_old_one_keeps_its_bytes() {
+    let (_dir, lib, server, sets) = serve().await;
+    let c = client();
+    let key = "sst/zarr.json";
+    let old = lib.resolve("sst").unwrap();
+    let get = |url: String| {
+        let c = c.clone();
+        async move {
+            let r = c.get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url}");
+            let etag = r.headers()["etag"].to_str().unwrap().to_string();
+            (etag, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (old_etag, old_bytes) = get(format!("{}/data/zarr/sst/{key}", server.url)).await;
+
+    // The same source chunked otherwise: another store, so another version.
+    let opts = berth_data::IngestOptions {
+        chunks: vec![("time".into(), 10)],
+        ..Default::default()
+    };
+    let new = lib
+        .add("sst", std::slice::from_ref(&sets[0].1), opts, &|_| {})
+        .unwrap();
+    assert_ne!(new.id(), old.id());
+
+    let (etag, bytes) = get(format!("{}/data/zarr/sst/{key}", server.url)).await;
+    assert_ne!(etag, old_etag);
+    assert_ne!(bytes, old_bytes);
+    assert_eq!(bytes, std::fs::read(new.path.join(key)).unwrap());
+    let (etag, bytes) = get(format!(
+        "{}/data/zarr/sst@{}/{key}",
+        server.url,
+        &old.id()[..12]
+    ))
+    .await;
+    assert_eq!((etag, bytes), (old_etag, old_bytes));
+    // And the old version's chunks are still there, byte for byte.
+    let chunk = "sst/c/0/0/0";
+    let (_, bytes) = get(format!(
+        "{}/data/zarr/sst@{}/{chunk}",
+        server.url,
+        &old.id()[..12]
+    ))
+    .await;
+    assert_eq!(bytes, std::fs::read(old.path.join(chunk)).unwrap());
+}
