@@ -207,6 +207,29 @@ async fn launch_through_the_api_and_the_proxy() {
         metrics.contains("berth_build_duration_seconds"),
         "{metrics}"
     );
+    // BinderHub's names, buckets and labels, for dashboards made for BinderHub: as many
+    // builds and launches as berth's own counters.
+    let builds = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("berth_builds_total{status=\"success\"} "))
+        .expect("berth_builds_total")
+        .to_string();
+    for line in [
+        "binderhub_launch_time_seconds_bucket{status=\"success\",retries=\"0\",le=\"600\"} 2"
+            .to_string(),
+        "binderhub_launch_time_seconds_bucket{status=\"success\",retries=\"0\",le=\"+Inf\"} 2"
+            .to_string(),
+        "binderhub_launch_time_seconds_count{status=\"success\",retries=\"0\"} 2".to_string(),
+        format!("binderhub_build_time_seconds_bucket{{status=\"success\",le=\"7200\"}} {builds}"),
+        format!("binderhub_build_time_seconds_count{{status=\"success\"}} {builds}"),
+        "binderhub_inprogress_builds 0".to_string(),
+        "binderhub_inprogress_launches 0".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line.as_str()),
+            "{line} not in\n{metrics}"
+        );
+    }
     let health: serde_json::Value = c
         .get(format!("{}/health", web.url))
         .send()

@@ -105,12 +105,14 @@ impl Drop for Subscription {
     }
 }
 
-/// Counts a build in `berth_builds_in_progress` for as long as it lives (also when cancelled).
+/// Counts a build in `berth_builds_in_progress` (and BinderHub's `binderhub_inprogress_builds`)
+/// for as long as it lives (also when cancelled).
 struct InProgress;
 
 impl InProgress {
     fn new() -> Self {
         metrics::gauge!("berth_builds_in_progress").increment(1.0);
+        metrics::gauge!("binderhub_inprogress_builds").increment(1.0);
         InProgress
     }
 }
@@ -118,6 +120,7 @@ impl InProgress {
 impl Drop for InProgress {
     fn drop(&mut self) {
         metrics::gauge!("berth_builds_in_progress").decrement(1.0);
+        metrics::gauge!("binderhub_inprogress_builds").decrement(1.0);
     }
 }
 
@@ -176,6 +179,8 @@ impl BuildHub {
             let status = if result.is_ok() { "success" } else { "failure" };
             metrics::counter!("berth_builds_total", "status" => status).increment(1);
             metrics::histogram!("berth_build_duration_seconds", "status" => status)
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("binderhub_build_time_seconds", "status" => status)
                 .record(started.elapsed().as_secs_f64());
             // Out of the table first, so a request after the last event starts afresh.
             hub.remove(&task_key, &shared);

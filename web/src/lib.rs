@@ -78,12 +78,35 @@ pub enum ServeError {
     Listen(String, String),
 }
 
+/// BinderHub's histogram buckets (seconds, `binderhub/builder.py`): builds and launches take
+/// very different times. Its metric names are recorded beside berth's, so that operators'
+/// BinderHub dashboards work: `binderhub_build_time_seconds{status}`,
+/// `binderhub_launch_time_seconds{status,retries}` (`retries` is `0` on success, `-1` on
+/// failure, as BinderHub's), `binderhub_inprogress_builds`, `binderhub_inprogress_launches`.
+const BINDERHUB_BUILD_BUCKETS: [f64; 7] = [60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0];
+const BINDERHUB_LAUNCH_BUCKETS: [f64; 9] = [2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
 fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        use metrics_exporter_prometheus::Matcher;
+        let builder = || {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("binderhub_build_time_seconds".into()),
+                    &BINDERHUB_BUILD_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("binderhub_launch_time_seconds".into()),
+                        &BINDERHUB_LAUNCH_BUCKETS,
+                    )
+                })
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+        };
+        builder()
             .install_recorder()
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+            .unwrap_or_else(|_| builder().build_recorder().handle())
     })
 }
 
@@ -590,6 +613,7 @@ async fn run_request(
     }
     let started = Instant::now();
     metrics::gauge!("berth_launches_in_progress").increment(1.0);
+    metrics::gauge!("binderhub_inprogress_launches").increment(1.0);
     let id = berth_launcher::new_session_id(
         repo.repo_url
             .rsplit('/')
@@ -622,6 +646,7 @@ async fn run_request(
     // Not tied to the client: a launch either completes or cleans up after itself.
     let launched = tokio::spawn(async move { starter.start(&spec).await }).await;
     metrics::gauge!("berth_launches_in_progress").decrement(1.0);
+    metrics::gauge!("binderhub_inprogress_launches").decrement(1.0);
     let result = match launched {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
@@ -629,6 +654,9 @@ async fn run_request(
     let status = if result.is_ok() { "success" } else { "failure" };
     metrics::counter!("berth_launches_total", "status" => status).increment(1);
     metrics::histogram!("berth_launch_duration_seconds", "status" => status)
+        .record(started.elapsed().as_secs_f64());
+    let retries = if result.is_ok() { "0" } else { "-1" };
+    metrics::histogram!("binderhub_launch_time_seconds", "status" => status, "retries" => retries)
         .record(started.elapsed().as_secs_f64());
     let session = match result {
         Ok(s) => s,
