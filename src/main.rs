@@ -1022,14 +1022,14 @@ async fn ls(json: bool) -> anyhow::Result<ExitCode> {
     }
     let now = chrono_now();
     let mut text = format!(
-        "{:<28} {:<8} {:<9} {:<9} {:<40} URL\n",
-        "SESSION", "AGE", "WORKERS", "STATUS", "IMAGE"
+        "{:<28} {:<8} {:<9} {:<9} {:<40} {:<6} URL\n",
+        "SESSION", "AGE", "WORKERS", "STATUS", "IMAGE", "POOL"
     );
     for s in sessions {
         let age = Duration::from_secs(now.saturating_sub(s.created).max(0) as u64);
         let status = s.status.as_str();
         text += &format!(
-            "{:<28} {:<8} {:<9} {:<9} {:<40} {}\n",
+            "{:<28} {:<8} {:<9} {:<9} {:<40} {:<6} {}\n",
             s.id,
             humantime::format_duration(Duration::from_secs(age.as_secs() / 60 * 60))
                 .to_string()
@@ -1037,6 +1037,8 @@ async fn ls(json: bool) -> anyhow::Result<ExitCode> {
             format!("{}/{}", s.workers, s.workers_wanted),
             status,
             s.image,
+            // Started ahead of demand by a server's warm pool (`warm_pool`).
+            if s.pool.is_some() { "warm" } else { "-" },
             s.url
         );
     }

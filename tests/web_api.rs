@@ -783,3 +783,177 @@ async fn credentials_in_clone_urls_never_reach_the_events() {
     }
     assert!(!web.log_text().contains(secret), "credentials in the log");
 }
+
+/// The sum of a metric's series whose labels contain every one of `labels` (`k="v"` strings).
+async fn metric(c: &reqwest::Client, web: &WebServer, name: &str, labels: &[&str]) -> f64 {
+    let text = c
+        .get(format!("{}/metrics", web.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sessions of this server's repositories (its own git daemon's port) that a warm pool started.
+fn pool_sessions(web: &WebServer) -> Vec<serde_json::Value> {
+    ls().into_iter()
+        .filter(|s| {
+            s["pool"].is_string()
+                && s["repo_url"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with(&web.git_url))
+        })
+        .collect()
+}
+
+/// Stops, when dropped, every session a warm pool of `web`'s repositories started.
+struct StopPoolSessions(String);
+
+impl Drop for StopPoolSessions {
+    fn drop(&mut self) {
+        for s in ls() {
+            if s["pool"].is_string()
+                && s["repo_url"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with(&self.0))
+            {
+                let _ = run_berth(&["stop", s["id"].as_str().unwrap()]);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pool_hands_out_ready_sessions_and_refills() {
+    let spec = "gh/binder-examples/conda/main";
+    let mut web = WebServer::start(&format!("warm_pool:\n  - spec: {spec}\n    sessions: 1\n"));
+    let _cleanup = StopPoolSessions(web.git_url.clone());
+    let c = client();
+    let warm_gauge = format!("spec=\"{spec}\"");
+    let wait_warm = |why: &'static str| {
+        let c = c.clone();
+        let web_url = web.url.clone();
+        let warm_gauge = warm_gauge.clone();
+        async move {
+            // The image may be built first on a fresh machine.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            loop {
+                let text = c
+                    .get(format!("{web_url}/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let warm = text
+                    .lines()
+                    .find(|l| l.starts_with("berth_pool_warm_sessions{") && l.contains(&warm_gauge))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                if warm >= 1.0 {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{why}: no warm session after 10 minutes"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    };
+    wait_warm("the pool fills").await;
+    let warm = pool_sessions(&web);
+    assert_eq!(warm.len(), 1, "one warm session: {warm:?}");
+    let warm_id = warm[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(warm[0]["pool"], spec);
+    assert_eq!(warm[0]["status"], "running", "{warm:?}");
+
+    // A launch of the spec takes it: ready at once, said in the log and counted.
+    let t = std::time::Instant::now();
+    let ev = events(&c, &format!("{}/build/{spec}", web.url)).await;
+    let took = t.elapsed();
+    let ready = ev.last().unwrap().clone();
+    assert_eq!(ready["phase"], "ready", "{ev:?}");
+    let session = session_of(&ready);
+    let _stop = StopOnDrop(session.clone());
+    eprintln!(
+        "warm pool hit: request to ready in {:.3} s",
+        took.as_secs_f64()
+    );
+    assert_eq!(session, warm_id, "the warm session was handed out");
+    assert!(
+        ev.iter().any(|e| e["phase"] == "launching"
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("from the pool")),
+        "{ev:?}"
+    );
+    assert_eq!(
+        metric(
+            &c,
+            &web,
+            "berth_pool_launches_total",
+            &[&warm_gauge, "result=\"hit\""]
+        )
+        .await,
+        1.0
+    );
+    // Its token is its own: no other session on the engine has it, and it opens the session
+    // through the proxy.
+    let token = ready["token"].as_str().unwrap();
+    let others: Vec<serde_json::Value> = ls().into_iter().filter(|s| s["id"] != session).collect();
+    assert!(
+        others.iter().all(|s| s["token"] != token),
+        "another session has the same token"
+    );
+    let url = ready["url"].as_str().unwrap();
+    assert_eq!(
+        status(&c, format!("{url}api/status?token={token}")).await,
+        200
+    );
+    assert_eq!(status(&c, format!("{url}api/status")).await, 403);
+
+    // The pool refills with a new session, and a second launch gets that one, not the first.
+    wait_warm("the pool refills").await;
+    let refilled = pool_sessions(&web);
+    let fresh: Vec<&serde_json::Value> = refilled.iter().filter(|s| s["id"] != session).collect();
+    assert_eq!(fresh.len(), 1, "{refilled:?}");
+    let fresh_id = fresh[0]["id"].as_str().unwrap().to_string();
+    assert_ne!(fresh[0]["token"], token);
+    let ev2 = events(&c, &format!("{}/build/{spec}", web.url)).await;
+    let ready2 = ev2.last().unwrap().clone();
+    assert_eq!(ready2["phase"], "ready", "{ev2:?}");
+    let second = session_of(&ready2);
+    let _stop2 = StopOnDrop(second.clone());
+    assert_eq!(second, fresh_id);
+    assert_ne!(ready2["token"], ready["token"]);
+
+    // On SIGTERM the server stops its warm sessions (never handed out) and keeps the others.
+    wait_warm("the pool refills again").await;
+    let unused: Vec<String> = pool_sessions(&web)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .filter(|id| *id != session && *id != second)
+        .collect();
+    assert_eq!(unused.len(), 1, "{unused:?}");
+    assert!(web.terminate(), "the server exits on SIGTERM");
+    assert_eq!(
+        session_leftovers(&unused[0]),
+        (0, 0),
+        "the warm session was stopped"
+    );
+    let ids: Vec<String> = ls()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&session) && ids.contains(&second), "{ids:?}");
+}

@@ -49,6 +49,8 @@ mod label {
     pub const VOLUMES: &str = "berth.volumes";
     /// The data sets mounted at `/data/NAME`: `NAME@<version>,…` ([`crate::data_label`]).
     pub const DATA: &str = "berth.data";
+    /// The spec a warm pool started the session for (`<provider>/<spec>`).
+    pub const POOL: &str = crate::POOL_LABEL;
     /// On an image: the uid of the user berth's template created (set by the builder).
     pub const IMAGE_USER_ID: &str = "berth.user_id";
 }
@@ -67,14 +69,63 @@ const STARTUP_CPU_SHARES: i64 = 256;
 const STARTUP_BACKGROUND: bool = true;
 const DASHBOARD_PORT: &str = "8787/tcp";
 
-/// A port that is free on `ip` now (the OS picks it); the engine binds it moments later.
+/// Ports this process handed out, with when: concurrent launches never pick the same port in
+/// the moments before the engine binds it. Entries older than [`PORT_HOLD`] are forgotten.
+static HANDED_OUT: std::sync::Mutex<Vec<(u16, Instant)>> = std::sync::Mutex::new(Vec::new());
+/// How long a port handed out stays reserved in this process (seconds' scale: a launch binds
+/// its ports within a second or two).
+const PORT_HOLD: Duration = Duration::from_secs(300);
+/// The lowest port berth hands out for sessions.
+const SESSION_PORTS_FROM: u16 = 10_000;
+
+/// The kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`, Linux's
+/// default 32768–60999): the ports outgoing connections take.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A port that is free on `ip` now; the engine binds it moments later.
+///
+/// Chosen at random below the kernel's ephemeral range ([`ephemeral_range`], from
+/// [`SESSION_PORTS_FROM`]), so the ports of outgoing connections (the readiness probes of 20
+/// sessions starting at once open thousands) never take it first, and never one this process
+/// handed out in the last [`PORT_HOLD`]. Where the ephemeral range leaves no room below it, the
+/// OS picks (bind to port 0).
 fn free_port(ip: &str) -> Result<u16, LaunchError> {
+    let (low, _) = ephemeral_range();
+    let mut held = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    held.retain(|(_, at)| at.elapsed() < PORT_HOLD);
+    let span = low.saturating_sub(SESSION_PORTS_FROM);
+    if span >= 1000 {
+        for _ in 0..200 {
+            let mut b = [0u8; 2];
+            if getrandom::fill(&mut b).is_err() {
+                break;
+            }
+            let port = SESSION_PORTS_FROM + u16::from_le_bytes(b) % span;
+            if held.iter().any(|(p, _)| *p == port) {
+                continue;
+            }
+            if std::net::TcpListener::bind((ip, port)).is_ok() {
+                held.push((port, Instant::now()));
+                return Ok(port);
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind((ip, 0))
         .map_err(|e| LaunchError::Engine(format!("cannot find a free port on {ip}: {e}")))?;
-    listener
+    let port = listener
         .local_addr()
         .map(|a| a.port())
-        .map_err(|e| LaunchError::Engine(e.to_string()))
+        .map_err(|e| LaunchError::Engine(e.to_string()))?;
+    held.push((port, Instant::now()));
+    Ok(port)
 }
 
 /// The port of a dashboard address (`http://host:port`).
@@ -107,8 +158,22 @@ struct Workers<'a> {
     binds: &'a [String],
 }
 
+/// Dask settings (as `DASK_*` variables, Dask's configuration convention) that make an idle
+/// cluster cheap: by default an idle worker wakes every 10 ms to sample its threads for the
+/// profiler, every 20 ms for the event-loop tick and every 500 ms for the system monitor, which
+/// costs a session of two workers about 0.13 of a core while nobody computes; with these it
+/// costs 0.03 (bench/launch, README). The profiler, the blocked-loop warning and the
+/// dashboard's system page all still work, at a coarser grain. A variable the user gives
+/// (`-e`) wins.
+pub const QUIET_CLUSTER_ENV: [(&str, &str); 3] = [
+    ("DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL", "100ms"),
+    ("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", "1s"),
+    ("DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL", "2s"),
+];
+
 /// The environment of the scheduler and the workers: the repository on `PYTHONPATH` (before
-/// a `PYTHONPATH` the user gave), then the user's other variables.
+/// a `PYTHONPATH` the user gave), [`QUIET_CLUSTER_ENV`] unless the user set those names, then
+/// the user's other variables.
 fn cluster_env(repo_dir: &str, env: &[(String, String)]) -> Vec<String> {
     let mut python_path = repo_dir.to_string();
     let mut out = Vec::new();
@@ -121,7 +186,14 @@ fn cluster_env(repo_dir: &str, env: &[(String, String)]) -> Vec<String> {
             out.push(format!("{k}={v}"));
         }
     }
-    out.insert(0, format!("PYTHONPATH={python_path}"));
+    let quiet = QUIET_CLUSTER_ENV
+        .iter()
+        .filter(|(k, _)| !env.iter().any(|(u, _)| u == k))
+        .map(|(k, v)| format!("{k}={v}"));
+    out.splice(
+        0..0,
+        std::iter::once(format!("PYTHONPATH={python_path}")).chain(quiet),
+    );
     out
 }
 
@@ -970,6 +1042,7 @@ impl DockerBackend {
                 .filter(|d| !d.is_empty())
                 .map(str::to_string)
                 .collect(),
+            pool: Some(get(label::POOL)).filter(|p| !p.is_empty()),
         })
     }
 }
@@ -1310,6 +1383,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn session_ports_are_distinct_and_below_the_ephemeral_range() {
+        let (low, _) = ephemeral_range();
+        let ports: Vec<u16> = (0..50).map(|_| free_port("127.0.0.1").unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        if low >= SESSION_PORTS_FROM + 1000 {
+            assert!(
+                ports.iter().all(|p| (SESSION_PORTS_FROM..low).contains(p)),
+                "{ports:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_user_a_session_runs_as() {
         let with = |uid: &str| HashMap::from([(label::IMAGE_USER_ID.to_string(), uid.to_string())]);
         let none = HashMap::new();
@@ -1327,14 +1416,24 @@ mod tests {
 
     #[test]
     fn the_cluster_sees_the_repository_and_the_users_variables() {
-        assert_eq!(cluster_env("/srv/r", &[]), vec!["PYTHONPATH=/srv/r"]);
+        let quiet: Vec<String> = QUIET_CLUSTER_ENV
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let bare = cluster_env("/srv/r", &[]);
+        assert_eq!(bare[0], "PYTHONPATH=/srv/r");
+        assert_eq!(bare[1..], quiet[..]);
         let env = vec![
             ("A".to_string(), "1".to_string()),
             ("PYTHONPATH".to_string(), "/opt/lib".to_string()),
+            (QUIET_CLUSTER_ENV[1].0.to_string(), "20ms".to_string()),
         ];
-        assert_eq!(
-            cluster_env("/srv/r", &env),
-            vec!["PYTHONPATH=/srv/r:/opt/lib", "A=1"]
-        );
+        let mut expected = vec!["PYTHONPATH=/srv/r:/opt/lib".to_string()];
+        expected.extend([quiet[0].clone(), quiet[2].clone()]);
+        expected.extend([
+            "A=1".to_string(),
+            format!("{}=20ms", QUIET_CLUSTER_ENV[1].0),
+        ]);
+        assert_eq!(cluster_env("/srv/r", &env), expected);
     }
 }

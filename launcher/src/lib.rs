@@ -532,7 +532,15 @@ pub struct Session {
     /// label); empty when none.
     #[serde(default)]
     pub data: Vec<String>,
+    /// The spec a server's warm pool started this session for (its `berth.pool` label, as
+    /// `<provider>/<spec>`); `None` for a session started on demand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
+
+/// The label a server's warm pool puts on the sessions it starts (value: `<provider>/<spec>`),
+/// read back as [`Session::pool`].
+pub const POOL_LABEL: &str = "berth.pool";
 
 /// Where sessions run. Nothing above this trait knows which engine it is.
 #[async_trait::async_trait]

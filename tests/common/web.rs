@@ -117,6 +117,21 @@ impl WebServer {
         out
     }
 
+    /// Sends the server SIGTERM and waits (up to 60 s) for it to exit; true when it did.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.server.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.server.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
     /// Serves a work tree clone at `git://…/local/<name>`; returns the path in the daemon.
     pub fn serve_repo(&self, name: &str, repo: &Path) -> PathBuf {
         let link = self.root.path().join("local").join(name);

@@ -84,6 +84,23 @@ pub struct Config {
     /// `$BERTH_DATA_DIR`, else `$XDG_DATA_HOME/berth/data`, else `~/.local/share/berth/data`.
     /// A folder without a library shows an empty catalog.
     pub data_dir: Option<PathBuf>,
+    /// Sessions kept started and ready ahead of demand, per spec (a class at 9:00):
+    /// `warm_pool: [{spec: gh/org/repo/main, sessions: 20}]`. A launch of that spec (without
+    /// `data=` parameters) takes a warm session instead of starting one; each is handed to one
+    /// client only, with its own token, and the pool starts another in the background. Warm
+    /// sessions count towards the quotas (the pool stops short of them) and are never culled
+    /// while warm; a taken one is culled like any other. See the `pool` module.
+    pub warm_pool: Vec<WarmPoolEntry>,
+}
+
+/// One entry of [`Config::warm_pool`].
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WarmPoolEntry {
+    /// `<provider>/<spec>` as in launch URLs (`gh/binder-examples/conda/main`).
+    pub spec: String,
+    /// How many warm sessions to keep.
+    pub sessions: usize,
 }
 
 impl Default for Config {
@@ -117,6 +134,7 @@ impl Default for Config {
             build_pids: berth_builder::BuildLimits::default().pids,
             export: false,
             data_dir: None,
+            warm_pool: Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod export;
 pub mod policy;
+pub mod pool;
 pub mod providers;
 mod proxy;
 pub mod session_data;
@@ -62,6 +63,8 @@ pub struct AppState {
     http: reqwest::Client,
     exports: export::Exports,
     data: data::DataCache,
+    /// The warm pool (`warm_pool`); empty when none is configured.
+    pub pool: pool::WarmPool,
 }
 
 /// Errors of starting the server.
@@ -73,6 +76,9 @@ pub enum ServeError {
     /// An `allow_private_hosts` entry is no host name, address or CIDR block.
     #[error("invalid allow_private_hosts entry in the configuration: {0}")]
     AllowedHost(String),
+    /// A `warm_pool` entry names no launchable spec.
+    #[error("invalid warm_pool entry {0:?} in the configuration: {1}")]
+    Pool(String, String),
     /// The address cannot be listened on.
     #[error("cannot listen on {0}: {1}")]
     Listen(String, String),
@@ -159,6 +165,13 @@ impl AppState {
         for entry in &config.allow_private_hosts {
             berth_builder::HostPolicy::validate_entry(entry).map_err(ServeError::AllowedHost)?;
         }
+        let mut warm = Vec::new();
+        for e in &config.warm_pool {
+            let (provider, spec) = e.spec.split_once('/').unwrap_or((e.spec.as_str(), ""));
+            let repo = providers::resolve(&config, provider, spec)
+                .map_err(|err| ServeError::Pool(e.spec.clone(), err.to_string()))?;
+            warm.push((e.spec.clone(), repo, e.sessions));
+        }
         metrics_handle();
         let grace = Duration::from_secs(config.abandoned_build_grace_seconds);
         Ok(Arc::new(Self {
@@ -178,6 +191,7 @@ impl AppState {
                 .unwrap_or_default(),
             exports: export::Exports::new(exporter),
             data: data::DataCache::default(),
+            pool: pool::WarmPool::new(warm),
         }))
     }
 
@@ -189,6 +203,47 @@ impl AppState {
     /// Builds under way.
     pub fn builds_in_progress(&self) -> usize {
         self.hub.in_progress()
+    }
+
+    /// The session a launch of `repo` at `commit` starts from `image`: a new id, the proxy's
+    /// base URL, the configured workers and limits, the data sets `mounts`, and the labels
+    /// that say where it came from.
+    fn session_spec(
+        &self,
+        repo: &RepoSpec,
+        image: &str,
+        commit: &str,
+        mounts: Vec<berth_launcher::DataMount>,
+    ) -> SessionSpec {
+        let id = berth_launcher::new_session_id(
+            repo.repo_url
+                .rsplit('/')
+                .next()
+                .unwrap_or("session")
+                .trim_end_matches(".git"),
+        );
+        let mut spec = SessionSpec::new(image.to_string());
+        spec.base_url = Some(format!("/user/{id}/"));
+        spec.id = Some(id);
+        spec.workers = self.config.workers;
+        spec.max_workers = self.config.max_workers;
+        spec.limits = Limits {
+            memory_bytes: self.config.memory_bytes,
+            millicpus: self.config.millicpus,
+            ..Limits::default()
+        };
+        spec.host_access = self.config.allow_host_access;
+        spec.data = mounts;
+        spec.labels = vec![
+            (
+                "berth.repo_url".into(),
+                berth_builder::redact_url(&repo.repo_url),
+            ),
+            ("berth.ref".into(), repo.reference.clone()),
+            ("berth.commit".into(), commit.to_string()),
+            ("berth.binder_request".into(), repo.request()),
+        ];
+        spec
     }
 
     fn build_request(&self, repo: &RepoSpec) -> BuildRequest {
@@ -254,7 +309,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// The largest request body accepted, in bytes (512 MiB): larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 512 << 20;
 
-/// Serves until the process ends; culls idle sessions in the background.
+/// Serves until SIGINT or SIGTERM; culls idle sessions and keeps the warm pool filled in the
+/// background. On the way out, the warm sessions (never handed out) are stopped.
 ///
 /// # Errors
 /// [`ServeError`] when a pattern is invalid or the address is unavailable.
@@ -269,13 +325,29 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             eprintln!("warning: {e}");
         }
     }
+    pool::spawn(&state);
     if state.config.max_idle_seconds > 0 {
         let s = state.clone();
         tokio::spawn(async move {
             let max_idle = Duration::from_secs(s.config.max_idle_seconds);
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                match berth_launcher::cull(s.backend.as_ref(), max_idle, None).await {
+                // Warm sessions are not culled, nor taken ones before they could be idle.
+                let only: Vec<String> = match s.backend.list().await {
+                    Ok(list) => list
+                        .into_iter()
+                        .map(|x| x.id)
+                        .filter(|id| {
+                            !s.pool.is_warm(id)
+                                && s.pool.taken_ago(id).is_none_or(|ago| ago >= max_idle)
+                        })
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "culling failed");
+                        continue;
+                    }
+                };
+                match berth_launcher::cull(s.backend.as_ref(), max_idle, Some(&only)).await {
                     Ok(ids) => ids
                         .iter()
                         .for_each(|id| tracing::info!(session = %id, "culled")),
@@ -288,9 +360,34 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .await
         .map_err(|e| ServeError::Listen(listen.clone(), e.to_string()))?;
     tracing::info!(%listen, "serving");
-    axum::serve(listener, router(state))
-        .await
-        .map_err(|e| ServeError::Listen(listen, e.to_string()))
+    // On a signal the server stops at once (open sessions' WebSockets would hold a graceful
+    // shutdown forever); warm sessions were never handed out, so they go with it.
+    let served = tokio::select! {
+        r = axum::serve(listener, router(state.clone())) => {
+            r.map_err(|e| ServeError::Listen(listen, e.to_string()))
+        }
+        () = shutdown_signal() => Ok(()),
+    };
+    state.pool.shut_down(state.backend.as_ref()).await;
+    served
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn svg(body: &'static str) -> Response {
@@ -584,6 +681,7 @@ async fn run_request(
         return;
     }
     // The exact versions, resolved before anything starts; a missing one is an error event.
+    let asked_for_data = !data.is_empty();
     let root = state.config.data_root();
     let mounts = match tokio::task::spawn_blocking(move || {
         session_data::resolve_data(&root, &data, &declared)
@@ -600,6 +698,23 @@ async fn run_request(
             return;
         }
     };
+    // A warm session of this repository, image and data set versions, when the pool has one
+    // (the launch adds no session, so no quota is checked).
+    if !asked_for_data {
+        let data = berth_launcher::data_label(&mounts);
+        if let Some(session) = state.pool.take(&repo, &image, &data) {
+            let launching = Event::Launching {
+                message: "Launching server... (a warm one from the pool)\n".into(),
+            };
+            if send(&tx, launching).await {
+                metrics::counter!("berth_launches_total", "status" => "success").increment(1);
+                hand_over(&state, &repo, image, commit, open, session, tx).await;
+            } else {
+                let _ = state.backend.stop(&session.id).await;
+            }
+            return;
+        }
+    }
     let backend = state.backend();
     if let Err(e) = check_quota(&state, backend.as_ref(), &repo).await {
         let _ = tx.send(e).await;
@@ -614,34 +729,7 @@ async fn run_request(
     let started = Instant::now();
     metrics::gauge!("berth_launches_in_progress").increment(1.0);
     metrics::gauge!("binderhub_inprogress_launches").increment(1.0);
-    let id = berth_launcher::new_session_id(
-        repo.repo_url
-            .rsplit('/')
-            .next()
-            .unwrap_or("session")
-            .trim_end_matches(".git"),
-    );
-    let mut spec = SessionSpec::new(image.clone());
-    spec.id = Some(id.clone());
-    spec.base_url = Some(format!("/user/{id}/"));
-    spec.workers = state.config.workers;
-    spec.max_workers = state.config.max_workers;
-    spec.limits = Limits {
-        memory_bytes: state.config.memory_bytes,
-        millicpus: state.config.millicpus,
-        ..Limits::default()
-    };
-    spec.host_access = state.config.allow_host_access;
-    spec.data = mounts;
-    spec.labels = vec![
-        (
-            "berth.repo_url".into(),
-            berth_builder::redact_url(&repo.repo_url),
-        ),
-        ("berth.ref".into(), repo.reference.clone()),
-        ("berth.commit".into(), commit.clone()),
-        ("berth.binder_request".into(), repo.request()),
-    ];
+    let spec = state.session_spec(&repo, &image, &commit, mounts);
     let starter = backend.clone();
     // Not tied to the client: a launch either completes or cleans up after itself.
     let launched = tokio::spawn(async move { starter.start(&spec).await }).await;
@@ -665,6 +753,20 @@ async fn run_request(
             return;
         }
     };
+    hand_over(&state, &repo, image, commit, open, session, tx).await;
+}
+
+/// Gives a started session to the client behind `tx`: the proxy and `/export` learn it, and the
+/// client gets `ready` (BinderHub's fields); a client that left meanwhile has it stopped.
+async fn hand_over(
+    state: &AppState,
+    repo: &RepoSpec,
+    image: String,
+    commit: String,
+    open: String,
+    session: berth_launcher::Session,
+    tx: mpsc::Sender<Event>,
+) {
     state
         .sessions
         .lock()
@@ -688,7 +790,7 @@ async fn run_request(
     let export_url = state
         .config
         .export
-        .then(|| export::export_url(&public, &repo, &session.token));
+        .then(|| export::export_url(&public, repo, &session.token));
     let ready = Ready {
         message: format!("server running at {url}\n"),
         url: Some(url),
@@ -705,7 +807,7 @@ async fn run_request(
     };
     if tx.send(Event::Ready(Box::new(ready))).await.is_err() {
         tracing::info!(session = %session.id, "client left before the session was ready; stopping it");
-        let _ = backend.stop(&session.id).await;
+        let _ = state.backend.stop(&session.id).await;
     }
 }
 

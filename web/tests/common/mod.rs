@@ -139,6 +139,7 @@ pub fn session(id: &str, server_url: &str) -> Session {
         created: 0,
         status: SessionStatus::Running,
         data: Vec::new(),
+        pool: None,
     }
 }
 
