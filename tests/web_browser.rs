@@ -241,20 +241,35 @@ async fn scenario(c: &Client, web: &WebServer, session: &mut Option<StopOnDrop>)
     )
     .await
     .context("the notebook's first cell")?;
-    // Run the cell once the notebook's kernel is connected and idle: the kernel status icon
-    // of the notebook's toolbar says "Kernel Idle" only then (JupyterLab's
-    // `sessionContext.kernelDisplayStatus`). Not the execution indicator: JupyterLab sets it
-    // to `idle` when the notebook opens, before any kernel exists, and a Shift+Enter while the
-    // notebook's session has no kernel yet is dropped without a trace (`CodeCell.execute`
-    // clears the cell and returns). That was this test's lost cell, seen more often once
-    // Jupyter started faster: the notebook opened while its kernel was still starting.
-    wait_for(
-        c,
-        ".jp-NotebookPanel .jp-Toolbar-kernelStatus[title='Kernel Idle']",
-        Duration::from_secs(60),
-    )
-    .await
-    .context("the notebook's kernel")?;
+    // Run the cell once the notebook's kernel is connected and idle, as the status bar says
+    // ("Python 3 (ipykernel) | Idle", from JupyterLab's `sessionContext.kernelDisplayStatus`,
+    // which reads "Initializing" until the session has a kernel). Not the toolbar's execution
+    // indicator: JupyterLab sets it to `idle` when the notebook opens, before any kernel
+    // exists, and a Shift+Enter while the notebook's session has no kernel yet is dropped
+    // without a trace (`CodeCell.execute` clears the cell and returns). That was this test's
+    // lost cell, seen more often once Jupyter started faster: the notebook opened while its
+    // kernel was still starting.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = c
+            .execute(
+                "return [...document.querySelectorAll('.jp-StatusBar-TextItem')].map(e => e.textContent.trim()).join(' / ')",
+                vec![],
+            )
+            .await?;
+        let status = status.as_str().unwrap_or_default().to_string();
+        if status
+            .split(" / ")
+            .any(|t| t.starts_with("Python 3") && t.ends_with("| Idle"))
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the notebook's kernel is not idle after 60 s (status bar: {status:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     editor.click().await?;
     editor.send_keys("print(6*7)").await?;
     editor.send_keys(&(Key::Shift + &Key::Enter)).await?;

@@ -68,6 +68,13 @@ const STARTUP_CPU_SHARES: i64 = 256;
 /// Whether the cluster starts with [`STARTUP_CPU_SHARES`].
 const STARTUP_BACKGROUND: bool = true;
 const DASHBOARD_PORT: &str = "8787/tcp";
+/// How often readiness probes run when no log line announced anything.
+const READY_FALLBACK_POLL: Duration = Duration::from_millis(1000);
+/// After an announcement in a log: probes this many more times, [`READY_QUICK_POLL`] apart,
+/// should the first find the port not open yet.
+const READY_QUICK_PROBES: u32 = 10;
+/// See [`READY_QUICK_PROBES`].
+const READY_QUICK_POLL: Duration = Duration::from_millis(50);
 
 /// Ports this process handed out, with when: concurrent launches never pick the same port in
 /// the moments before the engine binds it. Entries older than [`PORT_HOLD`] are forgotten.
@@ -512,8 +519,48 @@ impl DockerBackend {
         Ok(())
     }
 
+    /// Wakes `notify` whenever the log of `container` (followed from its start) shows a line
+    /// containing `needle`: readiness reacts to the processes' own announcements instead of
+    /// polling their HTTP servers.
+    fn watch_log(
+        &self,
+        container: String,
+        needle: &'static str,
+        notify: std::sync::Arc<tokio::sync::Notify>,
+    ) -> tokio::task::JoinHandle<()> {
+        let docker = self.docker.clone();
+        tokio::spawn(async move {
+            let opts = LogsOptionsBuilder::new()
+                .stdout(true)
+                .stderr(true)
+                .follow(true)
+                .build();
+            let mut s = docker.logs(&container, Some(opts));
+            // Chunks need not end at line ends: keep the tail of the last one.
+            let mut tail = String::new();
+            while let Some(Ok(item)) = s.next().await {
+                tail.push_str(&item.to_string());
+                if tail.contains(needle) {
+                    notify.notify_one();
+                }
+                let keep = tail.len().saturating_sub(needle.len());
+                let cut = (keep..=tail.len())
+                    .find(|i| tail.is_char_boundary(*i))
+                    .unwrap_or(tail.len());
+                tail.drain(..cut);
+            }
+        })
+    }
+
     /// Waits until Jupyter answers (when `jupyter` is given) and the scheduler sees `workers`.
     /// The moment Jupyter answers, the cluster gets its full CPU weight back.
+    ///
+    /// Event-driven: the probes run when Jupyter's log says it is running ("is running at",
+    /// as Jupyter Server and the classic notebook print it) and when the scheduler's log
+    /// registers a worker ("Register worker", distributed's INFO line), then shortly after in
+    /// case the port was not open yet; otherwise once every [`READY_FALLBACK_POLL`] (images
+    /// whose servers print something else still start). Twenty sessions starting at once
+    /// would otherwise spend a good share of the two cores answering probes.
     async fn wait_ready(
         &self,
         session: &str,
@@ -526,7 +573,32 @@ impl DockerBackend {
         let started = Instant::now();
         let mut jupyter_ok = jupyter.is_none();
         let mut seen = 0;
-        let mut polls: u32 = 0;
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut watchers = Vec::new();
+        if jupyter.is_some() {
+            watchers.push(self.watch_log(
+                format!("berth-{session}-session"),
+                "is running at",
+                notify.clone(),
+            ));
+        }
+        if dashboard.is_some() {
+            watchers.push(self.watch_log(
+                format!("berth-{session}-scheduler"),
+                "Register worker",
+                notify.clone(),
+            ));
+        }
+        struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.iter().for_each(tokio::task::JoinHandle::abort);
+            }
+        }
+        let _watchers = AbortOnDrop(watchers);
+        // Probes left to run in quick succession after an announcement.
+        let mut quick = 0u32;
+        let mut checked = Instant::now();
         loop {
             if !jupyter_ok {
                 if let Some((base, token)) = jupyter {
@@ -544,24 +616,24 @@ impl DockerBackend {
                 }
             }
             if let Some(d) = dashboard {
-                seen = probe::dask_workers(&client, d).await.unwrap_or(0);
+                if seen < workers {
+                    seen = probe::dask_workers(&client, d).await.unwrap_or(0);
+                    tracing::debug!(
+                        session,
+                        seen,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "workers seen"
+                    );
+                }
             }
             let cluster_ok = dashboard.is_none() || seen == workers;
-            if dashboard.is_some() {
-                tracing::debug!(
-                    session,
-                    seen,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "workers seen"
-                );
-            }
             if jupyter_ok && cluster_ok {
                 return Ok(());
             }
             // A container that died will never become ready: fail now, with its role. (Checked
             // once a second: listing containers costs the engine more than a probe.)
-            polls += 1;
-            let listed = if polls.is_multiple_of(10) {
+            let listed = if checked.elapsed() >= Duration::from_secs(1) {
+                checked = Instant::now();
                 self.containers(Some(session)).await?
             } else {
                 Vec::new()
@@ -598,7 +670,15 @@ impl DockerBackend {
                     reason,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if quick > 0 {
+                quick -= 1;
+                tokio::time::sleep(READY_QUICK_POLL).await;
+                continue;
+            }
+            tokio::select! {
+                () = notify.notified() => quick = READY_QUICK_PROBES,
+                () = tokio::time::sleep(READY_FALLBACK_POLL) => {}
+            }
         }
     }
 
@@ -806,7 +886,11 @@ impl DockerBackend {
         }
         tracing::debug!(session = id, "containers started");
         let jupyter_base = if spec.command.is_none() {
-            let port = self.published_port(&name, JUPYTER_PORT).await?;
+            // The port berth chose (or was given) is the one the engine bound.
+            let port = match jupyter_port {
+                Some(p) => p,
+                None => self.published_port(&name, JUPYTER_PORT).await?,
+            };
             Some(format!("http://{}:{port}{base_url}", spec.bind_ip))
         } else {
             None
@@ -822,7 +906,7 @@ impl DockerBackend {
         self.get(id).await
     }
 
-    /// Starts the scheduler, published at `dashboard`'s port, then the workers, concurrently.
+    /// Starts the scheduler, published at `dashboard`'s port, and the workers, concurrently.
     async fn start_cluster(
         &self,
         w: &Workers<'_>,
@@ -832,12 +916,15 @@ impl DockerBackend {
         with_workers: bool,
     ) -> Result<(), LaunchError> {
         let port = dashboard_port(dashboard)?;
-        self.start_scheduler(w, network, &spec.bind_ip, port)
-            .await?;
+        let scheduler = self.start_scheduler(w, network, &spec.bind_ip, port);
         if !with_workers {
-            return Ok(());
+            return scheduler.await;
         }
-        self.add_workers(w, 1..=spec.workers).await
+        // All at once: a worker that comes up before the scheduler's name resolves retries
+        // (distributed's connect loop), and the engine overlaps the containers' set-up.
+        futures_util::future::try_join(scheduler, self.add_workers(w, 1..=spec.workers))
+            .await
+            .map(|_| ())
     }
 
     /// The user the containers of `image` run as ([`image_user`]) and its `$REPO_DIR` (the

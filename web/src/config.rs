@@ -91,6 +91,11 @@ pub struct Config {
     /// sessions count towards the quotas (the pool stops short of them) and are never culled
     /// while warm; a taken one is culled like any other. See the `pool` module.
     pub warm_pool: Vec<WarmPoolEntry>,
+    /// Most sessions starting at once; further launches wait their turn (their clients see
+    /// `launching`). `null` (the default): the machine's CPU count. On a small machine, twenty
+    /// sessions starting together all finish late (each gets a twentieth of the CPU); in turns,
+    /// the first are ready in seconds and the last no later. 0: no limit.
+    pub launch_concurrency: Option<usize>,
 }
 
 /// One entry of [`Config::warm_pool`].
@@ -135,6 +140,7 @@ impl Default for Config {
             export: false,
             data_dir: None,
             warm_pool: Vec::new(),
+            launch_concurrency: None,
         }
     }
 }

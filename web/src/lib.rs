@@ -65,6 +65,8 @@ pub struct AppState {
     data: data::DataCache,
     /// The warm pool (`warm_pool`); empty when none is configured.
     pub pool: pool::WarmPool,
+    /// Turns for starting sessions (`launch_concurrency`); `None`: no limit.
+    starts: Option<tokio::sync::Semaphore>,
 }
 
 /// Errors of starting the server.
@@ -173,6 +175,9 @@ impl AppState {
             warm.push((e.spec.clone(), repo, e.sessions));
         }
         metrics_handle();
+        let config_starts = config.launch_concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+        });
         let grace = Duration::from_secs(config.abandoned_build_grace_seconds);
         Ok(Arc::new(Self {
             allow: compile(&config.allow)?,
@@ -192,12 +197,28 @@ impl AppState {
             exports: export::Exports::new(exporter),
             data: data::DataCache::default(),
             pool: pool::WarmPool::new(warm),
+            starts: match config_starts {
+                0 => None,
+                n => Some(tokio::sync::Semaphore::new(n)),
+            },
         }))
     }
 
     /// The session backend.
     pub fn backend(&self) -> Arc<dyn Backend> {
         self.backend.clone()
+    }
+
+    /// Starts a session on the backend, in turn with the others (`launch_concurrency`).
+    async fn start_session(
+        &self,
+        spec: &SessionSpec,
+    ) -> Result<berth_launcher::Session, berth_launcher::LaunchError> {
+        let _turn = match &self.starts {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        };
+        self.backend.start(spec).await
     }
 
     /// Builds under way.
@@ -730,9 +751,9 @@ async fn run_request(
     metrics::gauge!("berth_launches_in_progress").increment(1.0);
     metrics::gauge!("binderhub_inprogress_launches").increment(1.0);
     let spec = state.session_spec(&repo, &image, &commit, mounts);
-    let starter = backend.clone();
+    let starter = state.clone();
     // Not tied to the client: a launch either completes or cleans up after itself.
-    let launched = tokio::spawn(async move { starter.start(&spec).await }).await;
+    let launched = tokio::spawn(async move { starter.start_session(&spec).await }).await;
     metrics::gauge!("berth_launches_in_progress").decrement(1.0);
     metrics::gauge!("binderhub_inprogress_launches").decrement(1.0);
     let result = match launched {

@@ -307,7 +307,7 @@ async fn start_one(
             .unwrap_or_else(|e| e.into_inner())
     };
     starting().insert(id.clone());
-    let result = state.backend.start(&spec).await;
+    let result = state.start_session(&spec).await;
     starting().remove(&id);
     let session = result.map_err(|e| e.to_string())?;
     tracing::info!(
