@@ -801,6 +801,19 @@ async fn metric(c: &reqwest::Client, web: &WebServer, name: &str, labels: &[&str
         .sum()
 }
 
+/// Waits (up to 10 minutes: the image may be built first on a fresh machine) until the pool
+/// entry whose label is `gauge` has a warm session.
+async fn wait_warm(c: &reqwest::Client, web: &WebServer, gauge: &str, why: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while metric(c, web, "berth_pool_warm_sessions", &[gauge]).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{why}: no warm session after 10 minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
 /// Sessions of this server's repositories (its own git daemon's port) that a warm pool started.
 fn pool_sessions(web: &WebServer) -> Vec<serde_json::Value> {
     ls().into_iter()
@@ -837,39 +850,7 @@ async fn a_warm_pool_hands_out_ready_sessions_and_refills() {
     let _cleanup = StopPoolSessions(web.git_url.clone());
     let c = client();
     let warm_gauge = format!("spec=\"{spec}\"");
-    let wait_warm = |why: &'static str| {
-        let c = c.clone();
-        let web_url = web.url.clone();
-        let warm_gauge = warm_gauge.clone();
-        async move {
-            // The image may be built first on a fresh machine.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-            loop {
-                let text = c
-                    .get(format!("{web_url}/metrics"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                let warm = text
-                    .lines()
-                    .find(|l| l.starts_with("berth_pool_warm_sessions{") && l.contains(&warm_gauge))
-                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .unwrap_or(0.0);
-                if warm >= 1.0 {
-                    return;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{why}: no warm session after 10 minutes"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-        }
-    };
-    wait_warm("the pool fills").await;
+    wait_warm(&c, &web, &warm_gauge, "the pool fills").await;
     let warm = pool_sessions(&web);
     assert_eq!(warm.len(), 1, "one warm session: {warm:?}");
     let warm_id = warm[0]["id"].as_str().unwrap().to_string();
@@ -923,7 +904,7 @@ async fn a_warm_pool_hands_out_ready_sessions_and_refills() {
     assert_eq!(status(&c, format!("{url}api/status")).await, 403);
 
     // The pool refills with a new session, and a second launch gets that one, not the first.
-    wait_warm("the pool refills").await;
+    wait_warm(&c, &web, &warm_gauge, "the pool refills").await;
     let refilled = pool_sessions(&web);
     let fresh: Vec<&serde_json::Value> = refilled.iter().filter(|s| s["id"] != session).collect();
     assert_eq!(fresh.len(), 1, "{refilled:?}");
@@ -938,7 +919,7 @@ async fn a_warm_pool_hands_out_ready_sessions_and_refills() {
     assert_ne!(ready2["token"], ready["token"]);
 
     // On SIGTERM the server stops its warm sessions (never handed out) and keeps the others.
-    wait_warm("the pool refills again").await;
+    wait_warm(&c, &web, &warm_gauge, "the pool refills again").await;
     let unused: Vec<String> = pool_sessions(&web)
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_string())
