@@ -359,8 +359,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                         .into_iter()
                         .map(|x| x.id)
                         .filter(|id| {
-                            !s.pool.is_warm(id)
-                                && s.pool.taken_ago(id).is_none_or(|ago| ago >= max_idle)
+                            !s.pool.is_warm(id) && s.pool.taken_within(id, max_idle).is_none()
                         })
                         .collect(),
                     Err(e) => {
@@ -728,7 +727,7 @@ async fn run_request(
                 message: "Launching server... (a warm one from the pool)\n".into(),
             };
             if send(&tx, launching).await {
-                metrics::counter!("berth_launches_total", "status" => "success").increment(1);
+                record_launch(true, 0.0);
                 hand_over(&state, &repo, image, commit, open, session, tx).await;
             } else {
                 let _ = state.backend.stop(&session.id).await;
@@ -760,13 +759,7 @@ async fn run_request(
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    let status = if result.is_ok() { "success" } else { "failure" };
-    metrics::counter!("berth_launches_total", "status" => status).increment(1);
-    metrics::histogram!("berth_launch_duration_seconds", "status" => status)
-        .record(started.elapsed().as_secs_f64());
-    let retries = if result.is_ok() { "0" } else { "-1" };
-    metrics::histogram!("binderhub_launch_time_seconds", "status" => status, "retries" => retries)
-        .record(started.elapsed().as_secs_f64());
+    record_launch(result.is_ok(), started.elapsed().as_secs_f64());
     let session = match result {
         Ok(s) => s,
         Err(e) => {
@@ -775,6 +768,17 @@ async fn run_request(
         }
     };
     hand_over(&state, &repo, image, commit, open, session, tx).await;
+}
+
+/// Counts a launch that succeeded (`ok`) or failed after `seconds` under berth's and BinderHub's
+/// names (a warm session from the pool is a launch of 0 s).
+fn record_launch(ok: bool, seconds: f64) {
+    let status = if ok { "success" } else { "failure" };
+    metrics::counter!("berth_launches_total", "status" => status).increment(1);
+    metrics::histogram!("berth_launch_duration_seconds", "status" => status).record(seconds);
+    let retries = if ok { "0" } else { "-1" };
+    metrics::histogram!("binderhub_launch_time_seconds", "status" => status, "retries" => retries)
+        .record(seconds);
 }
 
 /// Gives a started session to the client behind `tx`: the proxy and `/export` learn it, and the

@@ -95,11 +95,9 @@ impl WarmPool {
             let i = list
                 .iter()
                 .position(|w| w.image == image && w.session.data.join(",") == data);
-            let taken = i.map(|i| list.remove(i).session);
-            metrics::gauge!("berth_pool_warm_sessions", "spec" => entry.key.clone())
-                .set(list.len() as f64);
-            taken
+            i.map(|i| list.remove(i).session)
         };
+        self.set_gauge(&entry.key);
         let result = if session.is_some() { "hit" } else { "miss" };
         metrics::counter!("berth_pool_launches_total", "spec" => entry.key.clone(), "result" => result)
             .increment(1);
@@ -124,13 +122,13 @@ impl WarmPool {
             .any(|w| w.session.id == id)
     }
 
-    /// How long ago the session `id` was taken from the pool, if it was.
-    pub fn taken_ago(&self, id: &str) -> Option<Duration> {
-        self.taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .map(Instant::elapsed)
+    /// How long ago the session `id` was taken from the pool, if it was within `within`; taking
+    /// times older than that are forgotten (they no longer matter to the culler, and a server
+    /// that runs for months hands out many sessions).
+    pub fn taken_within(&self, id: &str, within: Duration) -> Option<Duration> {
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        taken.retain(|_, at| at.elapsed() < within);
+        taken.get(id).map(Instant::elapsed)
     }
 
     /// Warm sessions of the entry `key`.
