@@ -22,8 +22,34 @@ use indicatif::{ProgressBar, ProgressStyle};
     about = "Turn a Git repository into a reproducible analysis environment"
 )]
 struct Cli {
+    /// Where sessions run: `docker` (this engine's containers) or `swarm` (services of the
+    /// swarm this engine manages; `docker swarm init` makes one).
+    #[arg(long, global = true, env = "BERTH_BACKEND", value_enum, default_value_t = BackendKind::Docker)]
+    backend: BackendKind,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The session backends berth has.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendKind {
+    /// Containers of this Docker engine, one bridge network per session.
+    Docker,
+    /// Services of Docker's swarm mode, one overlay network per session.
+    Swarm,
+}
+
+/// The backend `--backend` chose, set once at start.
+static BACKEND: std::sync::OnceLock<BackendKind> = std::sync::OnceLock::new();
+
+/// The session backend chosen with `--backend`, connected.
+async fn session_backend() -> anyhow::Result<Box<dyn Backend>> {
+    Ok(
+        match BACKEND.get().copied().unwrap_or(BackendKind::Docker) {
+            BackendKind::Docker => Box::new(DockerBackend::connect().await?),
+            BackendKind::Swarm => Box::new(berth_launcher::SwarmBackend::connect().await?),
+        },
+    )
 }
 
 #[derive(Subcommand)]
@@ -504,6 +530,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let _ = BACKEND.set(cli.backend);
     match cli.command {
         Command::Build(args) => build(args).await,
         Command::Launch(args) => launch(args).await,
@@ -512,13 +539,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scale { session, workers } => {
             let workers = u32::try_from(workers)
                 .map_err(|_| anyhow::anyhow!("cannot scale session {session} to {workers} workers: the count must be 0 or more"))?;
-            let backend = DockerBackend::connect().await?;
+            let backend = session_backend().await?;
             let s = backend.scale(&session, workers).await?;
             println!("{} now has {} workers", s.id, s.workers);
             Ok(ExitCode::SUCCESS)
         }
         Command::Stop { session, all } => {
-            let backend = DockerBackend::connect().await?;
+            let backend = session_backend().await?;
             let ids = match session {
                 Some(s) if !all => vec![s],
                 _ => backend.list().await?.into_iter().map(|s| s.id).collect(),
@@ -534,7 +561,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { session } => {
-            let backend = DockerBackend::connect().await?;
+            let backend = session_backend().await?;
             print_out(&backend.logs(&session).await?)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -557,12 +584,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rebuild(args) => bundle_cmd::rebuild(args).await,
         Command::Data(args) => data_cmd::data(args).await,
         Command::Cull { max_idle, sessions } => {
-            let backend = DockerBackend::connect().await?;
+            let backend = session_backend().await?;
             for id in &sessions {
                 backend.get(id).await?;
             }
             let only = (!sessions.is_empty()).then_some(sessions.as_slice());
-            for id in berth_launcher::cull(&backend, max_idle, only).await? {
+            for id in berth_launcher::cull(backend.as_ref(), max_idle, only).await? {
                 println!("{id}");
             }
             Ok(ExitCode::SUCCESS)
@@ -877,7 +904,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     req.validate()?;
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
-    let backend = DockerBackend::with_client(engine.docker().clone());
+    let backend = session_backend().await?;
     let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
         let (outcome, bundle) = outcome_for(&engine, &req, &args.session.data_dir).await?;
@@ -902,7 +929,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         code = signals.recv() => {
             eprintln!("berth: interrupted; removing session {id}");
             berth_builder::finish_cleanups().await;
-            remove_session(&backend, &id).await?;
+            remove_session(backend.as_ref(), &id).await?;
             return Ok(ExitCode::from(128 + code));
         }
     };
@@ -936,7 +963,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     req.validate()?;
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
-    let backend = DockerBackend::with_client(engine.docker().clone());
+    let backend = session_backend().await?;
     // The session id is chosen before anything starts, so an interrupt at any moment knows
     // what to remove.
     let id = berth_launcher::new_session_id(&name_hint(&req.source));
@@ -956,7 +983,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         spec.labels.extend(bundle);
         let session = backend.start(&spec).await?;
         eprintln!("berth: session {} running the command", session.id);
-        Ok::<_, anyhow::Error>(backend.attach(&session.id).await?)
+        let attached = backend.attach(&session.id).await?;
+        Ok::<_, anyhow::Error>(follow(attached).await?)
     };
     let result = tokio::select! {
         r = work => r,
@@ -967,7 +995,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             Ok(128 + i64::from(sig))
         }
     };
-    let removed = remove_session(&backend, &id).await;
+    let removed = remove_session(backend.as_ref(), &id).await;
     let code = result?;
     removed?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
@@ -1000,7 +1028,26 @@ impl Signals {
 /// Removes everything of session `id` (nothing there is fine). Twice, half a second apart: a
 /// container the engine was still creating when the launch was interrupted appears only after
 /// the request that created it was dropped.
-async fn remove_session(backend: &DockerBackend, id: &str) -> anyhow::Result<()> {
+/// Writes a command's output to this process's stdout and stderr as it comes, then returns
+/// its exit status. A closed pipe (`berth run … | head`) drops the rest of the output, and the
+/// command still runs to its end.
+async fn follow(attached: berth_launcher::Attached) -> Result<i64, berth_launcher::LaunchError> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let mut output = attached.output;
+    while let Some(piece) = output.next().await {
+        let _ = match piece? {
+            berth_launcher::Output::Stdout(b) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&b).and_then(|()| out.flush())
+            }
+            berth_launcher::Output::Stderr(b) => std::io::stderr().write_all(&b),
+        };
+    }
+    attached.exit.await
+}
+
+async fn remove_session(backend: &dyn Backend, id: &str) -> anyhow::Result<()> {
     for pass in 0..2 {
         match backend.stop(id).await {
             Ok(()) | Err(berth_launcher::LaunchError::UnknownSession(_)) => {}
@@ -1014,7 +1061,7 @@ async fn remove_session(backend: &DockerBackend, id: &str) -> anyhow::Result<()>
 }
 
 async fn ls(json: bool) -> anyhow::Result<ExitCode> {
-    let backend = DockerBackend::connect().await?;
+    let backend = session_backend().await?;
     let sessions = backend.list().await?;
     if json {
         print_out(&format!("{}\n", serde_json::to_string(&sessions)?))?;

@@ -2,10 +2,8 @@
 //! and workers, all found again from their labels.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
     Network, NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy,
@@ -16,13 +14,16 @@ use bollard::query_parameters::{
     LogsOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tracing::{info, info_span, Instrument};
 
-use crate::{probe, random_hex, Backend, LaunchError, Limits, Session, SessionSpec, SessionStatus};
+use crate::{
+    probe, random_hex, Attached, Backend, LaunchError, Limits, Output, Session, SessionSpec,
+    SessionStatus,
+};
 
 /// Label keys of session containers and networks.
-mod label {
+pub(crate) mod label {
     pub const SESSION: &str = "berth.session";
     pub const ROLE: &str = "berth.role";
     pub const WORKER: &str = "berth.worker";
@@ -53,14 +54,25 @@ mod label {
     pub const POOL: &str = crate::POOL_LABEL;
     /// On an image: the uid of the user berth's template created (set by the builder).
     pub const IMAGE_USER_ID: &str = "berth.user_id";
+    /// The backend of a session that is not the Docker backend's (`swarm`); the Docker
+    /// backend leaves such containers and networks alone.
+    pub const BACKEND: &str = "berth.backend";
+}
+
+/// Whether labels are of a Swarm backend's session ([`label::BACKEND`] `swarm`).
+fn on_swarm(labels: Option<&HashMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(label::BACKEND))
+        .map(String::as_str)
+        == Some("swarm")
 }
 
 /// The user containers run as when the image names none berth may use (root, a name, none).
-const DEFAULT_USER: &str = "1000:1000";
+pub(crate) const DEFAULT_USER: &str = "1000:1000";
 
-const ROLE_SESSION: &str = "session";
-const ROLE_SCHEDULER: &str = "scheduler";
-const ROLE_WORKER: &str = "worker";
+pub(crate) const ROLE_SESSION: &str = "session";
+pub(crate) const ROLE_SCHEDULER: &str = "scheduler";
+pub(crate) const ROLE_WORKER: &str = "worker";
 const JUPYTER_PORT: &str = "8888/tcp";
 /// CPU weight of the cluster's containers while Jupyter starts (Docker's default is 1024):
 /// Jupyter's start-up is the critical path of a launch.
@@ -144,7 +156,7 @@ fn dashboard_port(dashboard: &str) -> Result<u16, LaunchError> {
         .ok_or_else(|| LaunchError::Engine(format!("bad dashboard address {dashboard}")))
 }
 
-fn engine(e: bollard::errors::Error) -> LaunchError {
+pub(crate) fn engine(e: bollard::errors::Error) -> LaunchError {
     LaunchError::Engine(e.to_string().lines().next().unwrap_or("").to_string())
 }
 
@@ -181,7 +193,7 @@ pub const QUIET_CLUSTER_ENV: [(&str, &str); 3] = [
 /// The environment of the scheduler and the workers: the repository on `PYTHONPATH` (before
 /// a `PYTHONPATH` the user gave), [`QUIET_CLUSTER_ENV`] unless the user set those names, then
 /// the user's other variables.
-fn cluster_env(repo_dir: &str, env: &[(String, String)]) -> Vec<String> {
+pub(crate) fn cluster_env(repo_dir: &str, env: &[(String, String)]) -> Vec<String> {
     let mut python_path = repo_dir.to_string();
     let mut out = Vec::new();
     for (k, v) in env {
@@ -276,13 +288,33 @@ impl DockerBackend {
             .all(true)
             .filters(&filters)
             .build();
-        self.docker
+        let mut cs = self
+            .docker
             .list_containers(Some(opts))
             .await
-            .map_err(engine)
+            .map_err(engine)?;
+        // The Swarm backend's tasks are its sessions, not this backend's.
+        cs.retain(|c| !on_swarm(c.labels.as_ref()));
+        Ok(cs)
     }
 
-    /// The networks labelled with `session`, or with any session.
+    /// How many containers (in any state) carry session `id`'s label on this engine, the
+    /// Swarm backend's tasks' too.
+    pub(crate) async fn session_containers(&self, id: &str) -> Result<usize, LaunchError> {
+        let filters = HashMap::from([("label", vec![format!("{}={id}", label::SESSION)])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let cs = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(engine)?;
+        Ok(cs.len())
+    }
+
+    /// The networks labelled with `session`, or with any session (not the Swarm backend's).
     async fn networks(&self, session: Option<&str>) -> Result<Vec<Network>, LaunchError> {
         let filter = match session {
             Some(s) => format!("{}={s}", label::SESSION),
@@ -290,7 +322,13 @@ impl DockerBackend {
         };
         let filters = HashMap::from([("label", vec![filter])]);
         let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        self.docker.list_networks(Some(opts)).await.map_err(engine)
+        let mut ns = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(engine)?;
+        ns.retain(|n| !on_swarm(n.labels.as_ref()));
+        Ok(ns)
     }
 
     /// Removes everything labelled with the session; returns how many objects it removed.
@@ -433,7 +471,7 @@ impl DockerBackend {
             .ok_or_else(|| LaunchError::Engine(format!("{name} has no published port {port}")))
     }
 
-    fn worker_cmd(scheduler: &str, name: &str, limits: &Limits) -> Vec<String> {
+    pub(crate) fn worker_cmd(scheduler: &str, name: &str, limits: &Limits) -> Vec<String> {
         let threads = limits
             .millicpus
             .map(|m| m.div_ceil(1000).max(1))
@@ -932,7 +970,7 @@ impl DockerBackend {
     ///
     /// # Errors
     /// [`LaunchError::ImageMissing`] when the image does not exist.
-    async fn image_runtime(
+    pub(crate) async fn image_runtime(
         &self,
         image: &str,
         fallback: &str,
@@ -984,6 +1022,11 @@ impl DockerBackend {
         if let Some(path) = env.iter_mut().find(|e| e.starts_with("PYTHONPATH=")) {
             path.push_str(":/srv/dashboard");
         }
+        // berth scales (and adapts) the cluster through the scheduler's own HTTP API.
+        env.push(format!(
+            "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES={}",
+            probe::SCHEDULER_ROUTES
+        ));
         self.run_container(
             &name,
             w.image,
@@ -1003,41 +1046,6 @@ impl DockerBackend {
             &[],
         )
         .await
-    }
-
-    /// Runs a Python snippet in the scheduler container (for retiring workers).
-    async fn scheduler_python(&self, session: &str, code: &str) -> Result<String, LaunchError> {
-        let name = format!("berth-{session}-scheduler");
-        let exec = self
-            .docker
-            .create_exec(
-                &name,
-                CreateExecOptions {
-                    cmd: Some(vec!["python", "-c", code]),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(engine)?;
-        let mut out = String::new();
-        if let StartExecResults::Attached { mut output, .. } = self
-            .docker
-            .start_exec(&exec.id, None::<StartExecOptions>)
-            .await
-            .map_err(engine)?
-        {
-            while let Some(Ok(chunk)) = output.next().await {
-                out.push_str(&chunk.to_string());
-            }
-        }
-        let inspect = self.docker.inspect_exec(&exec.id).await.map_err(engine)?;
-        if inspect.exit_code != Some(0) {
-            let last = out.lines().last().unwrap_or("").to_string();
-            return Err(LaunchError::Scheduler(last));
-        }
-        Ok(out)
     }
 
     /// The session `id` from its containers and the labels of its network (either may be
@@ -1359,14 +1367,9 @@ impl Backend for DockerBackend {
                     .iter()
                     .map(|(_, n)| n.clone())
                     .collect();
-                let names = serde_json::to_string(&retire).unwrap_or_default();
-                let code = format!(
-                    "from distributed import Client\n\
-                     c = Client('tcp://127.0.0.1:8786', timeout=30)\n\
-                     c.retire_workers(names={names}, close_workers=True, remove=True)\n\
-                     c.close()\n"
-                );
-                self.scheduler_python(id, &code).await?;
+                probe::retire_workers(&probe::client(), &dashboard, &retire)
+                    .await
+                    .map_err(LaunchError::Scheduler)?;
                 for name in retire {
                     remove(name).await?;
                 }
@@ -1419,33 +1422,37 @@ impl Backend for DockerBackend {
         Ok(out)
     }
 
-    async fn attach(&self, id: &str) -> Result<i64, LaunchError> {
+    async fn attach(&self, id: &str) -> Result<Attached, LaunchError> {
         let name = format!("berth-{id}-session");
         let opts = LogsOptionsBuilder::new()
             .stdout(true)
             .stderr(true)
             .follow(true)
             .build();
-        let mut s = self.docker.logs(&name, Some(opts));
-        while let Some(item) = s.next().await {
-            match item.map_err(engine)? {
+        let output = self
+            .docker
+            .logs(&name, Some(opts))
+            .map(|item| match item.map_err(engine)? {
                 bollard::container::LogOutput::StdErr { message } => {
-                    let _ = std::io::stderr().write_all(&message);
+                    Ok(Output::Stderr(message.to_vec()))
                 }
-                other => {
-                    let mut out = std::io::stdout();
-                    let _ = out.write_all(&other.into_bytes());
-                    let _ = out.flush();
+                other => Ok(Output::Stdout(other.into_bytes().to_vec())),
+            })
+            .boxed();
+        let docker = self.docker.clone();
+        let exit = async move {
+            let mut wait = docker.wait_container(&name, None);
+            match wait.next().await {
+                Some(Ok(r)) => Ok(r.status_code),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
+                    Ok(code)
                 }
+                Some(Err(e)) => Err(engine(e)),
+                None => Err(LaunchError::Engine(format!("{name} gave no exit status"))),
             }
         }
-        let mut wait = self.docker.wait_container(&name, None);
-        match wait.next().await {
-            Some(Ok(r)) => Ok(r.status_code),
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => Err(engine(e)),
-            None => Err(LaunchError::Engine(format!("{name} gave no exit status"))),
-        }
+        .boxed();
+        Ok(Attached { output, exit })
     }
 
     async fn last_activity(

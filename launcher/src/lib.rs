@@ -10,12 +10,14 @@
 mod docker;
 pub mod egress;
 pub mod probe;
+mod swarm;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use docker::DockerBackend;
+pub use swarm::{session_key, SwarmBackend};
 
 /// Errors of the launcher. Each displays as one line.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,9 @@ pub enum LaunchError {
     /// No container engine answers.
     #[error("cannot reach the Docker engine: {0}")]
     EngineUnavailable(String),
+    /// The Swarm backend's engine is not a manager of an active swarm.
+    #[error("the Docker engine is not a swarm manager: run docker swarm init (or join this node to a swarm as a manager), or use --backend docker")]
+    SwarmInactive,
     /// The engine answered with an error.
     #[error("Docker engine: {0}")]
     Engine(String),
@@ -97,10 +102,11 @@ fn quote(s: &str) -> String {
 }
 
 /// Environment variables berth sets itself in a session's containers, which `-e/--env` may
-/// not set: Jupyter's token, and where `distributed.Client()` finds the session's cluster and
+/// not set: Jupyter's token (or the file holding it, on Swarm), and where `distributed.Client()` finds the session's cluster and
 /// its dashboard.
 pub const RESERVED_ENV: &[&str] = &[
     "JUPYTER_TOKEN",
+    "JUPYTER_TOKEN_FILE",
     "DASK_SCHEDULER_ADDRESS",
     "DASK_DISTRIBUTED__DASHBOARD__LINK",
 ];
@@ -538,6 +544,29 @@ pub struct Session {
     pub pool: Option<String>,
 }
 
+/// One piece of a command's output, as the engine delivered it (not split into lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Bytes the command wrote to its standard output.
+    Stdout(Vec<u8>),
+    /// Bytes the command wrote to its standard error.
+    Stderr(Vec<u8>),
+}
+
+/// A session container being followed: its output as a stream, then its exit status.
+pub struct Attached {
+    /// The output from the container's start until it exits; ends when it has exited.
+    pub output: futures_util::stream::BoxStream<'static, Result<Output, LaunchError>>,
+    /// The exit status (0 for success), to await once `output` has ended.
+    pub exit: futures_util::future::BoxFuture<'static, Result<i64, LaunchError>>,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attached { .. }")
+    }
+}
+
 /// The label a server's warm pool puts on the sessions it starts (value: `<provider>/<spec>`),
 /// read back as [`Session::pool`].
 pub const POOL_LABEL: &str = "berth.pool";
@@ -562,9 +591,10 @@ pub trait Backend: Send + Sync {
     async fn stop(&self, id: &str) -> Result<(), LaunchError>;
     /// The logs of the session's containers, each line prefixed with its role.
     async fn logs(&self, id: &str) -> Result<String, LaunchError>;
-    /// Streams the session container's output to stdout/stderr until it exits; returns its
-    /// exit status (for `berth run`).
-    async fn attach(&self, id: &str) -> Result<i64, LaunchError>;
+    /// The session container's output from its start, followed until it exits, and its exit
+    /// status (for `berth run`). The caller consumes [`Attached::output`] to its end, then
+    /// awaits [`Attached::exit`]; nothing is written anywhere by the backend.
+    async fn attach(&self, id: &str) -> Result<Attached, LaunchError>;
     /// When the session's Jupyter server last saw activity; `None` when it cannot tell.
     async fn last_activity(
         &self,

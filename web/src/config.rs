@@ -96,6 +96,21 @@ pub struct Config {
     /// sessions starting together all finish late (each gets a twentieth of the CPU); in turns,
     /// the first are ready in seconds and the last no later. 0: no limit.
     pub launch_concurrency: Option<usize>,
+    /// Where sessions run: `docker` (this engine's containers, the default) or `swarm`
+    /// (services of the swarm this engine manages, so workers spread over its nodes; the
+    /// images must be on every node, or in a registry they pull from).
+    pub backend: BackendKind,
+}
+
+/// The session backends ([`Config::backend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Containers of this Docker engine ([`berth_launcher::DockerBackend`]).
+    #[default]
+    Docker,
+    /// Services of Docker's swarm mode ([`berth_launcher::SwarmBackend`]).
+    Swarm,
 }
 
 /// One entry of [`Config::warm_pool`].
@@ -141,6 +156,7 @@ impl Default for Config {
             data_dir: None,
             warm_pool: Vec::new(),
             launch_concurrency: None,
+            backend: BackendKind::Docker,
         }
     }
 }

@@ -3,7 +3,11 @@
 //! so in `/health`) while the engine is down.
 
 use berth_builder::{BuildError, BuildEvent, BuildOutcome, BuildRequest, Engine};
-use berth_launcher::{Backend, DockerBackend, LaunchError, Session, SessionSpec};
+use std::sync::Arc;
+
+use berth_launcher::{Backend, DockerBackend, LaunchError, Session, SessionSpec, SwarmBackend};
+
+use crate::config::BackendKind;
 
 use crate::builds::Builder;
 use crate::export::Exporter;
@@ -12,12 +16,22 @@ use crate::export::Exporter;
 #[derive(Default)]
 pub struct DockerEngine {
     engine: tokio::sync::Mutex<Option<Engine>>,
+    backend: BackendKind,
+    swarm: tokio::sync::OnceCell<Arc<SwarmBackend>>,
 }
 
 impl DockerEngine {
-    /// A handle that connects on first use.
+    /// A handle that connects on first use, with sessions on the Docker backend.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A handle that connects on first use, with sessions on `backend`.
+    pub fn with_backend(backend: BackendKind) -> Self {
+        Self {
+            backend,
+            ..Self::default()
+        }
     }
 
     /// The engine, connecting when there is no connection yet.
@@ -34,12 +48,26 @@ impl DockerEngine {
         Ok(e)
     }
 
-    async fn sessions(&self) -> Result<DockerBackend, LaunchError> {
+    async fn sessions(&self) -> Result<Arc<dyn Backend>, LaunchError> {
         let e = self
             .engine()
             .await
             .map_err(|e| LaunchError::EngineUnavailable(e.to_string()))?;
-        Ok(DockerBackend::with_client(e.docker().clone()))
+        Ok(match self.backend {
+            BackendKind::Docker => Arc::new(DockerBackend::with_client(e.docker().clone())),
+            BackendKind::Swarm => {
+                let swarm = self
+                    .swarm
+                    .get_or_try_init(|| async {
+                        let key = berth_launcher::session_key()?;
+                        SwarmBackend::with_client(e.docker().clone(), key)
+                            .await
+                            .map(Arc::new)
+                    })
+                    .await?;
+                swarm.clone()
+            }
+        })
     }
 }
 
@@ -100,7 +128,7 @@ impl Backend for DockerEngine {
     async fn logs(&self, id: &str) -> Result<String, LaunchError> {
         self.sessions().await?.logs(id).await
     }
-    async fn attach(&self, id: &str) -> Result<i64, LaunchError> {
+    async fn attach(&self, id: &str) -> Result<berth_launcher::Attached, LaunchError> {
         self.sessions().await?.attach(id).await
     }
     async fn last_activity(

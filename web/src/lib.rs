@@ -125,7 +125,7 @@ impl AppState {
     /// # Errors
     /// As [`AppState::with_parts`].
     pub async fn new(config: Config) -> Result<Arc<Self>, ServeError> {
-        let engine = Arc::new(engine::DockerEngine::new());
+        let engine = Arc::new(engine::DockerEngine::with_backend(config.backend));
         if let Err(e) = engine.engine().await {
             tracing::warn!(error = %e, "the Docker engine is not reachable yet");
             eprintln!("warning: {e}");

@@ -204,8 +204,12 @@ impl Backend for FakeBackend {
     async fn logs(&self, _id: &str) -> Result<String, LaunchError> {
         Ok(String::new())
     }
-    async fn attach(&self, _id: &str) -> Result<i64, LaunchError> {
-        Ok(0)
+    async fn attach(&self, _id: &str) -> Result<berth_launcher::Attached, LaunchError> {
+        use futures_util::{FutureExt, StreamExt};
+        Ok(berth_launcher::Attached {
+            output: futures_util::stream::empty().boxed(),
+            exit: async { Ok(0) }.boxed(),
+        })
     }
     async fn last_activity(
         &self,
