@@ -43,13 +43,42 @@ enum BackendKind {
 static BACKEND: std::sync::OnceLock<BackendKind> = std::sync::OnceLock::new();
 
 /// The session backend chosen with `--backend`, connected.
-async fn session_backend() -> anyhow::Result<Box<dyn Backend>> {
+async fn session_backend() -> anyhow::Result<std::sync::Arc<dyn Backend>> {
     Ok(
         match BACKEND.get().copied().unwrap_or(BackendKind::Docker) {
-            BackendKind::Docker => Box::new(DockerBackend::connect().await?),
-            BackendKind::Swarm => Box::new(berth_launcher::SwarmBackend::connect().await?),
+            BackendKind::Docker => std::sync::Arc::new(DockerBackend::connect().await?),
+            BackendKind::Swarm => {
+                std::sync::Arc::new(berth_launcher::SwarmBackend::connect().await?)
+            }
         },
     )
+}
+
+/// Starts `berth adapt SESSION` as a process of its own (its own process group, so it
+/// outlives this one and a Ctrl-C here), logging to `<cache dir>/adapt/SESSION.log`; returns
+/// the log's path.
+fn spawn_adapter(session: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::process::CommandExt;
+    let dir = berth_builder::default_cache_dir().join("adapt");
+    std::fs::create_dir_all(&dir)?;
+    let log_path = dir.join(format!("{session}.log"));
+    let log = std::fs::File::create(&log_path)?;
+    let backend = match BACKEND.get().copied().unwrap_or(BackendKind::Docker) {
+        BackendKind::Docker => "docker",
+        BackendKind::Swarm => "swarm",
+    };
+    std::process::Command::new(std::env::current_exe()?)
+        .args(["--backend", backend, "adapt", session])
+        .env(
+            "BERTH_LOG",
+            std::env::var("BERTH_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?;
+    Ok(log_path)
 }
 
 #[derive(Subcommand)]
@@ -83,6 +112,12 @@ enum Command {
         /// Stop every session.
         #[arg(long)]
         all: bool,
+    },
+    /// Keep an adaptive session's workers between its MIN and MAX (from the scheduler's own
+    /// estimate) until the session stops; `berth launch --adapt` starts this in the background.
+    Adapt {
+        /// The session id (see berth ls).
+        session: String,
     },
     /// Print the logs of a session's containers.
     Logs {
@@ -131,6 +166,10 @@ struct SessionOpts {
     /// Dask workers to start (0: no cluster).
     #[arg(long, default_value_t = 2)]
     workers: u32,
+    /// Adaptive workers: the scheduler's own estimate moves the count between MIN and MAX
+    /// (workers come when tasks queue and go when idle; MIN may be 0). Instead of --workers.
+    #[arg(long, value_name = "MIN:MAX", conflicts_with = "workers")]
+    adapt: Option<String>,
     /// The most workers `berth scale` may reach.
     #[arg(long, env = "BERTH_MAX_WORKERS", default_value_t = 16)]
     max_workers: u32,
@@ -179,6 +218,7 @@ struct SessionOpts {
 struct SessionExtras {
     env: Vec<(String, String)>,
     volumes: Vec<berth_launcher::Volume>,
+    adapt: Option<berth_launcher::Adapt>,
 }
 
 impl SessionOpts {
@@ -198,7 +238,16 @@ impl SessionOpts {
             .collect::<Result<Vec<_>, _>>()?;
         // Resolved now, so an unknown data set costs no build and starts nothing.
         self.data_mounts(&[])?;
-        Ok(SessionExtras { env, volumes })
+        let adapt = self
+            .adapt
+            .as_deref()
+            .map(|a| berth_launcher::Adapt::parse(a, self.max_workers))
+            .transpose()?;
+        Ok(SessionExtras {
+            env,
+            volumes,
+            adapt,
+        })
     }
 
     /// The data sets to mount: `--data`, then those `image` declares (its
@@ -560,6 +609,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Adapt { session } => {
+            let backend = session_backend().await?;
+            berth_launcher::adapt::run(backend, Some(session.clone())).await?;
+            eprintln!("berth: session {session} is gone; adapting ends");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Logs { session } => {
             let backend = session_backend().await?;
             print_out(&backend.logs(&session).await?)?;
@@ -919,9 +974,16 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
             .await?;
         spec.open = args.open.open();
         spec.port = args.port;
+        spec.adapt = extras.adapt;
         spec.labels = session_labels(&outcome, &req);
         spec.labels.extend(bundle);
-        eprintln!("berth: starting session ({} workers)", spec.workers);
+        match spec.adapt {
+            Some(a) => eprintln!(
+                "berth: starting session (adaptive: {} to {} workers)",
+                a.min, a.max
+            ),
+            None => eprintln!("berth: starting session ({} workers)", spec.workers),
+        }
         Ok::<_, anyhow::Error>(backend.start(&spec).await?)
     };
     let session = tokio::select! {
@@ -933,6 +995,19 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(128 + code));
         }
     };
+    if session.adapt.is_some() {
+        match spawn_adapter(&session.id) {
+            Ok(log) => eprintln!(
+                "berth: adapting the workers of {} in the background (log: {})",
+                session.id,
+                log.display()
+            ),
+            Err(e) => eprintln!(
+                "berth: warning: cannot start adapting ({e}); run berth adapt {}",
+                session.id
+            ),
+        }
+    }
     if args.json {
         let v = serde_json::json!({
             "session": session.id,
@@ -979,12 +1054,24 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             .data_for(&engine, &outcome.image, bundled_data(&req, &outcome))
             .await?;
         spec.command = Some(args.command.clone());
+        spec.adapt = extras.adapt;
         spec.labels = session_labels(&outcome, &req);
         spec.labels.extend(bundle);
         let session = backend.start(&spec).await?;
         eprintln!("berth: session {} running the command", session.id);
         let attached = backend.attach(&session.id).await?;
-        Ok::<_, anyhow::Error>(follow(attached).await?)
+        // This process adapts the workers while the command runs.
+        let adapter = spec.adapt.map(|_| {
+            tokio::spawn(berth_launcher::adapt::run(
+                backend.clone(),
+                Some(session.id.clone()),
+            ))
+        });
+        let code = follow(attached).await;
+        if let Some(a) = adapter {
+            a.abort();
+        }
+        Ok::<_, anyhow::Error>(code?)
     };
     let result = tokio::select! {
         r = work => r,

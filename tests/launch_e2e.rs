@@ -334,3 +334,8 @@ fn scale_fails_clearly_when_the_image_vanished() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adaptive_workers_come_for_work_and_go_when_idle() {
+    adaptive_cycle(&[]).await;
+}

@@ -292,7 +292,7 @@ fn swarm_run_passes_the_exit_status_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn berth_serve_launches_on_the_swarm_and_proxies_with_the_token() {
     let _swarm = Swarm::join();
-    let web = WebServer::start("backend: swarm\n");
+    let web = WebServer::start("backend: swarm\nadapt: \"0:2\"\n");
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     // The image first, under the build lock the other tests take (the server then reuses it).
     tokio::task::spawn_blocking(|| build(&fixture("conda"), &[]))
@@ -336,6 +336,28 @@ async fn berth_serve_launches_on_the_swarm_and_proxies_with_the_token() {
         .await
         .unwrap();
     assert!(lab.text().await.unwrap().contains("JupyterLab"));
+
+    // `adapt: 0:2`: the session starts with no worker, and the server's own loop brings them
+    // when the notebook computes (without it, the computation would wait forever).
+    let out = swarm_berth(&["ls", "--json"]);
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = all.iter().find(|e| e["id"] == session.as_str()).unwrap();
+    assert_eq!(
+        entry["adapt"],
+        serde_json::json!({"min": 0, "max": 2}),
+        "{entry}"
+    );
+    assert_eq!(entry["workers"], 0, "{entry}");
+    let base = url.clone();
+    let cell = execute(&base, &token, CLUSTER_CHECK).await;
+    assert_eq!(cell.error, None, "{}", cell.output);
+    assert!(cell.output.contains("TOTAL 4000000"), "{}", cell.output);
+    assert!(
+        web.log_text().contains("adapt: scaling"),
+        "{}",
+        web.log_text()
+    );
+
     let out = swarm_berth(&["stop", &session]);
     assert!(
         out.status.success(),
@@ -343,4 +365,10 @@ async fn berth_serve_launches_on_the_swarm_and_proxies_with_the_token() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(swarm_leftovers(&session), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adaptive_workers_on_the_swarm_come_for_work_and_go_when_idle() {
+    let _swarm = Swarm::join();
+    adaptive_cycle(&["--backend", "swarm"]).await;
 }

@@ -611,6 +611,9 @@ impl DockerBackend {
         let started = Instant::now();
         let mut jupyter_ok = jupyter.is_none();
         let mut seen = 0;
+        // The scheduler answered once (with no workers to wait for, that is the cluster's
+        // readiness: an adaptive session may start with none).
+        let mut scheduler_ok = dashboard.is_none();
         let notify = std::sync::Arc::new(tokio::sync::Notify::new());
         let mut watchers = Vec::new();
         if jupyter.is_some() {
@@ -654,8 +657,10 @@ impl DockerBackend {
                 }
             }
             if let Some(d) = dashboard {
-                if seen < workers {
-                    seen = probe::dask_workers(&client, d).await.unwrap_or(0);
+                if !scheduler_ok || seen < workers {
+                    let answer = probe::dask_workers(&client, d).await;
+                    scheduler_ok |= answer.is_ok();
+                    seen = answer.unwrap_or(0);
                     tracing::debug!(
                         session,
                         seen,
@@ -664,7 +669,7 @@ impl DockerBackend {
                     );
                 }
             }
-            let cluster_ok = dashboard.is_none() || seen == workers;
+            let cluster_ok = dashboard.is_none() || scheduler_ok && seen == workers;
             if jupyter_ok && cluster_ok {
                 return Ok(());
             }
@@ -791,10 +796,13 @@ impl DockerBackend {
             (chrono::Utc::now().timestamp() + spec.ready_timeout.as_secs() as i64 + 30).to_string(),
         );
         common.insert(label::HOST_ACCESS.into(), spec.host_access.to_string());
+        if let Some(a) = spec.adapt {
+            common.insert(crate::ADAPT_LABEL.into(), a.label());
+        }
         // Host ports are chosen up front, so they stay the same when the engine restarts the
         // containers (the session keeps its URL), and so Jupyter (the slowest to start) can
         // start first, already knowing the dashboard link.
-        let dashboard_port = if spec.workers > 0 {
+        let dashboard_port = if spec.has_cluster() {
             Some(free_port(&spec.bind_ip)?)
         } else {
             None
@@ -863,8 +871,14 @@ impl DockerBackend {
                 // A command starts working at once: the cluster must be there before it.
                 if let Some(d) = &dashboard {
                     self.start_cluster(&w, spec, &network, d, true).await?;
-                    self.wait_ready(id, None, Some(d), spec.workers, spec.ready_timeout)
-                        .await?;
+                    self.wait_ready(
+                        id,
+                        None,
+                        Some(d),
+                        spec.initial_workers(),
+                        spec.ready_timeout,
+                    )
+                    .await?;
                 }
                 self.run_container(
                     &name,
@@ -937,7 +951,7 @@ impl DockerBackend {
             id,
             jupyter_base.as_deref().map(|b| (b, token)),
             dashboard.as_deref(),
-            spec.workers,
+            spec.initial_workers(),
             spec.ready_timeout,
         )
         .await?;
@@ -960,7 +974,7 @@ impl DockerBackend {
         }
         // All at once: a worker that comes up before the scheduler's name resolves retries
         // (distributed's connect loop), and the engine overlaps the containers' set-up.
-        futures_util::future::try_join(scheduler, self.add_workers(w, 1..=spec.workers))
+        futures_util::future::try_join(scheduler, self.add_workers(w, 1..=spec.initial_workers()))
             .await
             .map(|_| ())
     }
@@ -1138,6 +1152,7 @@ impl DockerBackend {
                 .map(str::to_string)
                 .collect(),
             pool: Some(get(label::POOL)).filter(|p| !p.is_empty()),
+            adapt: crate::adapt_of(&labels),
         })
     }
 }
@@ -1145,7 +1160,15 @@ impl DockerBackend {
 #[async_trait::async_trait]
 impl Backend for DockerBackend {
     async fn start(&self, spec: &SessionSpec) -> Result<Session, LaunchError> {
-        if spec.workers > spec.max_workers {
+        if let Some(a) = spec.adapt {
+            if a.max > spec.max_workers {
+                return Err(LaunchError::InvalidAdapt {
+                    spec: a.label(),
+                    reason: format!("MAX is above the session's maximum ({})", spec.max_workers),
+                });
+            }
+        }
+        if spec.initial_workers() > spec.max_workers {
             return Err(LaunchError::TooManyWorkers {
                 session: "(new)".into(),
                 wanted: spec.workers,

@@ -7,6 +7,7 @@
 //! server) sees every running session.
 #![deny(missing_docs)]
 
+pub mod adapt;
 mod docker;
 pub mod egress;
 pub mod probe;
@@ -69,6 +70,14 @@ pub enum LaunchError {
     /// The Dask scheduler refused an operation.
     #[error("Dask scheduler: {0}")]
     Scheduler(String),
+    /// An `--adapt MIN:MAX` that is not two counts with MIN ≤ MAX ≤ the session's maximum.
+    #[error("invalid --adapt {}: {reason}", quote(.spec))]
+    InvalidAdapt {
+        /// The range as given.
+        spec: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The rule that keeps sessions from the host's services could not be installed.
     #[error("cannot keep the session from the host's services: {0} (or launch with --allow-host-access)")]
     Isolation(String),
@@ -334,6 +343,59 @@ pub fn data_label(data: &[DataMount]) -> String {
         .join(",")
 }
 
+/// Adaptive workers: the scheduler's own estimate of the workers it needs
+/// (`adaptive_target`) drives the count between `min` and `max` ([`adapt::run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adapt {
+    /// The fewest workers (0 allowed: an idle session then holds none).
+    pub min: u32,
+    /// The most workers.
+    pub max: u32,
+}
+
+impl Adapt {
+    /// Parses `MIN:MAX` (as `--adapt 0:4`), checking `MIN <= MAX <= max_workers`.
+    ///
+    /// # Errors
+    /// [`LaunchError::InvalidAdapt`] naming the reason.
+    pub fn parse(spec: &str, max_workers: u32) -> Result<Self, LaunchError> {
+        let bad = |reason: String| LaunchError::InvalidAdapt {
+            spec: spec.to_string(),
+            reason,
+        };
+        let (min, max) = spec
+            .split_once(':')
+            .ok_or_else(|| bad("expected MIN:MAX, as 0:4".into()))?;
+        let count = |s: &str| {
+            s.trim()
+                .parse::<u32>()
+                .map_err(|_| bad(format!("{s:?} is not a worker count")))
+        };
+        let (min, max) = (count(min)?, count(max)?);
+        if min > max {
+            return Err(bad("MIN is larger than MAX".into()));
+        }
+        if max == 0 {
+            return Err(bad("MAX must be at least 1".into()));
+        }
+        if max > max_workers {
+            return Err(bad(format!(
+                "MAX is above the most workers a session may have ({max_workers}; see --max-workers)"
+            )));
+        }
+        Ok(Self { min, max })
+    }
+
+    /// The label value: `MIN:MAX`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.min, self.max)
+    }
+}
+
+/// The label of an adaptive session (value `MIN:MAX`, [`Adapt::label`]), read back as
+/// [`Session::adapt`].
+pub const ADAPT_LABEL: &str = "berth.adapt";
+
 /// Resource limits of every container of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -405,8 +467,12 @@ pub struct SessionSpec {
     pub image: String,
     /// A short name the session id starts with (the repository's name).
     pub name_hint: String,
-    /// Dask workers to start; 0 starts no scheduler either.
+    /// Dask workers to start; 0 starts no scheduler either, unless `adapt` is set.
     pub workers: u32,
+    /// Adaptive workers between a minimum and a maximum, recorded in the label
+    /// [`ADAPT_LABEL`]; the session starts with `min` workers (`workers` is ignored) and a
+    /// scheduler even when `min` is 0. Something must run [`adapt::run`] for it.
+    pub adapt: Option<Adapt>,
     /// The most workers `scale` may reach.
     pub max_workers: u32,
     /// Limits of each container.
@@ -457,6 +523,7 @@ impl SessionSpec {
             image: image.into(),
             name_hint: "session".into(),
             workers: 2,
+            adapt: None,
             max_workers: 16,
             limits: Limits::default(),
             bind_ip: "127.0.0.1".into(),
@@ -542,6 +609,31 @@ pub struct Session {
     /// `<provider>/<spec>`); `None` for a session started on demand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
+    /// The range adaptive workers move in (its [`ADAPT_LABEL`] label); `None` for a session
+    /// whose worker count changes only with `scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapt: Option<Adapt>,
+}
+
+impl SessionSpec {
+    /// The workers to start with: `adapt`'s minimum when set, else `workers`.
+    pub fn initial_workers(&self) -> u32 {
+        self.adapt.map_or(self.workers, |a| a.min)
+    }
+
+    /// Whether the session has a Dask cluster (a scheduler): with workers, or adaptive.
+    pub fn has_cluster(&self) -> bool {
+        self.adapt.is_some() || self.workers > 0
+    }
+}
+
+/// Reads [`Session::adapt`] back from a session's labels.
+pub(crate) fn adapt_of(labels: &std::collections::HashMap<String, String>) -> Option<Adapt> {
+    let (min, max) = labels.get(ADAPT_LABEL)?.split_once(':')?;
+    Some(Adapt {
+        min: min.parse().ok()?,
+        max: max.parse().ok()?,
+    })
 }
 
 /// One piece of a command's output, as the engine delivered it (not split into lines).

@@ -380,10 +380,13 @@ impl SwarmBackend {
                     jupyter_ok = probe::jupyter_status(&client, base, token).await.is_ok();
                 }
             }
+            let mut scheduler_ok = dashboard.is_none();
             if let Some(d) = dashboard {
-                seen = probe::dask_workers(&client, d).await.unwrap_or(0);
+                let answer = probe::dask_workers(&client, d).await;
+                scheduler_ok = answer.is_ok();
+                seen = answer.unwrap_or(0);
             }
-            if jupyter_ok && (dashboard.is_none() || seen == workers) {
+            if jupyter_ok && scheduler_ok && seen == workers {
                 return Ok(());
             }
             if checked.elapsed() >= Duration::from_secs(1) {
@@ -474,6 +477,9 @@ impl SwarmBackend {
         if !spec.data.is_empty() {
             common.insert(label::DATA.into(), crate::data_label(&spec.data));
         }
+        if let Some(a) = spec.adapt {
+            common.insert(crate::ADAPT_LABEL.into(), a.label());
+        }
         common.insert(
             label::DEADLINE.into(),
             (chrono::Utc::now().timestamp() + spec.ready_timeout.as_secs() as i64 + 30).to_string(),
@@ -513,10 +519,10 @@ impl SwarmBackend {
             network: &network,
             mounts: &volumes,
         };
-        let cluster = spec.workers > 0;
+        let cluster = spec.has_cluster();
         if cluster {
             self.start_scheduler(&w, &repo_dir, &spec.env).await?;
-            for n in 1..=spec.workers {
+            for n in 1..=spec.initial_workers() {
                 self.start_worker(&w, n, &repo_dir, &spec.env).await?;
             }
         }
@@ -558,8 +564,14 @@ impl SwarmBackend {
                             spec.ready_timeout,
                         )
                         .await?;
-                    self.wait_ready(id, None, Some(&d), spec.workers, spec.ready_timeout)
-                        .await?;
+                    self.wait_ready(
+                        id,
+                        None,
+                        Some(&d),
+                        spec.initial_workers(),
+                        spec.ready_timeout,
+                    )
+                    .await?;
                 }
                 let s = w.service(&name, ROLE_SESSION, None, cmd.clone(), env, false, secrets);
                 self.create(s).await?;
@@ -599,7 +611,7 @@ impl SwarmBackend {
                     id,
                     Some((&jupyter, &token)),
                     dashboard.as_deref(),
-                    spec.workers,
+                    spec.initial_workers(),
                     spec.ready_timeout,
                 )
                 .await?;
@@ -772,6 +784,7 @@ impl SwarmBackend {
                 .map(|d| d.split(',').map(String::from).collect())
                 .unwrap_or_default(),
             pool: labels.get(label::POOL).cloned(),
+            adapt: crate::adapt_of(&labels),
         })
     }
 
@@ -965,10 +978,18 @@ impl ServiceParts<'_> {
 #[async_trait::async_trait]
 impl Backend for SwarmBackend {
     async fn start(&self, spec: &SessionSpec) -> Result<Session, LaunchError> {
-        if spec.workers > spec.max_workers {
+        if let Some(a) = spec.adapt {
+            if a.max > spec.max_workers {
+                return Err(LaunchError::InvalidAdapt {
+                    spec: a.label(),
+                    reason: format!("MAX is above the session's maximum ({})", spec.max_workers),
+                });
+            }
+        }
+        if spec.initial_workers() > spec.max_workers {
             return Err(LaunchError::TooManyWorkers {
                 session: "new".into(),
-                wanted: spec.workers,
+                wanted: spec.initial_workers(),
                 max: spec.max_workers,
             });
         }

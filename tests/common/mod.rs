@@ -342,3 +342,102 @@ pub fn stdout_of(out: &Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Computes on an adaptive session launched with `--adapt 0:4` (and `prefix` before the
+/// command, such as `--backend swarm`): it starts with no worker; a computation of a few
+/// hundred tasks brings workers up (the background `berth adapt` logs scaling to 4) and
+/// completes; afterwards the workers go back to 0; `stop` ends the adapter too.
+pub async fn adaptive_cycle(prefix: &[&str]) {
+    let conda = fixture("conda");
+    let mut extra: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+    extra.extend(["--adapt".into(), "0:4".into()]);
+    let launched = tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        launch(&conda, &extra)
+    })
+    .await
+    .unwrap();
+    let session = launched.session.clone();
+    let with_prefix = |args: &[&str]| {
+        let mut all: Vec<&str> = prefix.to_vec();
+        all.extend_from_slice(args);
+        run_berth(&all)
+    };
+    struct Stop(Vec<String>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let args: Vec<&str> = self.0.iter().map(String::as_str).collect();
+            let _ = run_berth(&args);
+        }
+    }
+    let mut stop_args: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+    stop_args.extend(["stop".into(), session.clone()]);
+    let _stop = Stop(stop_args);
+    assert_eq!(
+        launched.workers, 0,
+        "an idle adaptive session holds MIN workers"
+    );
+    let entry = |out: Output| -> serde_json::Value {
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        all.into_iter()
+            .find(|e| e["id"] == session.as_str())
+            .expect("the session is listed")
+    };
+    let e = entry(with_prefix(&["ls", "--json"]));
+    assert_eq!(e["adapt"], serde_json::json!({"min": 0, "max": 4}), "{e}");
+    assert_eq!(e["workers"], 0, "{e}");
+
+    let (base, token) = kernel::server_of(&launched.url, "lab");
+    let cell = kernel::execute(
+        &base,
+        &token,
+        r#"
+from distributed import Client
+import dask.array as da
+c = Client()
+total = int(da.ones((4000, 4000), chunks=(250, 250)).sum().compute())
+print("TOTAL", total, "WORKERS", len(c.scheduler_info()["workers"]))
+"#,
+    )
+    .await;
+    assert_eq!(cell.error, None, "{}", cell.output);
+    assert!(cell.output.contains("TOTAL 16000000"), "{}", cell.output);
+    let log_path = cache_dir().join("adapt").join(format!("{session}.log"));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        log.contains("adapt: scaling") && log.contains("to=4"),
+        "the adapter scaled up to MAX:\n{log}"
+    );
+
+    // Idle again: back to MIN within a minute.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let e = entry(with_prefix(&["ls", "--json"]));
+        if e["workers"] == 0 && e["workers_wanted"] == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers did not go back to 0: {e}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let out = with_prefix(&["stop", &session]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("adapting ends")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the adapter did not end with its session"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

@@ -100,6 +100,12 @@ pub struct Config {
     /// (services of the swarm this engine manages, so workers spread over its nodes; the
     /// images must be on every node, or in a registry they pull from).
     pub backend: BackendKind,
+    /// Adaptive workers for every session the server launches, `MIN:MAX` (as `berth launch
+    /// --adapt`): the scheduler's own estimate moves the count between them, so an idle
+    /// session holds MIN (0 allowed) and a class of sessions costs little until someone
+    /// computes. Instead of `workers`; the server runs the loop (`berth_launcher::adapt`) for
+    /// every adaptive session it finds, those of an earlier server process too.
+    pub adapt: Option<String>,
 }
 
 /// The session backends ([`Config::backend`]).
@@ -157,6 +163,7 @@ impl Default for Config {
             warm_pool: Vec::new(),
             launch_concurrency: None,
             backend: BackendKind::Docker,
+            adapt: None,
         }
     }
 }

@@ -81,6 +81,9 @@ pub enum ServeError {
     /// A `warm_pool` entry names no launchable spec.
     #[error("invalid warm_pool entry {0:?} in the configuration: {1}")]
     Pool(String, String),
+    /// `adapt` is not `MIN:MAX` within `max_workers`.
+    #[error("invalid adapt in the configuration: {0}")]
+    Adapt(String),
     /// The address cannot be listened on.
     #[error("cannot listen on {0}: {1}")]
     Listen(String, String),
@@ -174,6 +177,10 @@ impl AppState {
                 .map_err(|err| ServeError::Pool(e.spec.clone(), err.to_string()))?;
             warm.push((e.spec.clone(), repo, e.sessions));
         }
+        if let Some(a) = &config.adapt {
+            berth_launcher::Adapt::parse(a, config.max_workers)
+                .map_err(|e| ServeError::Adapt(e.to_string()))?;
+        }
         metrics_handle();
         let config_starts = config.launch_concurrency.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
@@ -248,6 +255,12 @@ impl AppState {
         spec.id = Some(id);
         spec.workers = self.config.workers;
         spec.max_workers = self.config.max_workers;
+        // Checked when the server started.
+        spec.adapt = self
+            .config
+            .adapt
+            .as_deref()
+            .and_then(|a| berth_launcher::Adapt::parse(a, self.config.max_workers).ok());
         spec.limits = Limits {
             memory_bytes: self.config.memory_bytes,
             millicpus: self.config.millicpus,
@@ -347,6 +360,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         }
     }
     pool::spawn(&state);
+    // Adaptive sessions' workers follow their schedulers' estimates (those an earlier server
+    // process launched too: the range is a label).
+    tokio::spawn(berth_launcher::adapt::run(state.backend.clone(), None));
     if state.config.max_idle_seconds > 0 {
         let s = state.clone();
         tokio::spawn(async move {

@@ -140,6 +140,7 @@ pub fn session(id: &str, server_url: &str) -> Session {
         status: SessionStatus::Running,
         data: Vec::new(),
         pool: None,
+        adapt: None,
     }
 }
 
