@@ -353,7 +353,14 @@ impl SwarmBackend {
                 } else {
                     err
                 };
-                return Ok(Some(format!("{name}: {what}")));
+                // A node that lacks the image pulls it from its name's registry.
+                let hint = if what.contains("No such image") || what.contains("pull") {
+                    "; the node cannot pull the image: push it to a registry every node reaches \
+                     (berth launch --registry HOST:PORT, or registry: in the server's config)"
+                } else {
+                    ""
+                };
+                return Ok(Some(format!("{name}: {what}{hint}")));
             }
         }
         Ok(None)
