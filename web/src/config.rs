@@ -96,6 +96,14 @@ pub struct Config {
     /// sessions starting together all finish late (each gets a twentieth of the CPU); in turns,
     /// the first are ready in seconds and the last no later. 0: no limit.
     pub launch_concurrency: Option<usize>,
+    /// A registry every build pushes its environment and repository images to, so that other
+    /// machines (Swarm nodes) can pull them: `host:port` or `host:port/prefix` (as `berth build
+    /// --push --registry`), e.g. `127.0.0.1:5000` for the registry `scripts/registry start`
+    /// runs. Images are pushed as `<registry>/<name>:<tag>` (`<registry>/berth-env:<env hash>`,
+    /// `<registry>/berth/<repo>:<tree>`); a build whose images the registry already has
+    /// uploads no layer (the engine asks for each first). A build whose push fails fails, with
+    /// the registry's one-line reason. `null` (the default): nothing is pushed.
+    pub registry: Option<berth_builder::Registry>,
 }
 
 /// One entry of [`Config::warm_pool`].
@@ -141,6 +149,7 @@ impl Default for Config {
             data_dir: None,
             warm_pool: Vec::new(),
             launch_concurrency: None,
+            registry: None,
         }
     }
 }
@@ -176,5 +185,24 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}", self.listen))
             .trim_end_matches('/')
             .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_setting_is_read_and_checked() {
+        let cfg: Config = serde_yaml::from_str("registry: 127.0.0.1:5000/team\n").unwrap();
+        assert_eq!(
+            cfg.registry.map(|r| r.to_string()).as_deref(),
+            Some("127.0.0.1:5000/team")
+        );
+        assert!(Config::default().registry.is_none());
+        let e = serde_yaml::from_str::<Config>("registry: http://127.0.0.1:5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without a scheme"), "{e}");
     }
 }
