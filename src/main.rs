@@ -686,13 +686,11 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         // The references nodes pull, the runnable image's first; the figures go to stderr.
         for i in &p.images {
             eprintln!(
-                "berth: pushed {} ({}) in {:.1} s: {} layers uploaded, {} already there, {} mounted",
+                "berth: pushed {} ({}) in {:.1} s: {}",
                 i.reference,
                 i.digest.as_deref().unwrap_or("no digest reported"),
                 i.seconds,
-                i.stats.layers_pushed,
-                i.stats.layers_existing,
-                i.stats.layers_mounted
+                i.stats
             );
         }
         println!("{}", p.image);

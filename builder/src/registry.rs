@@ -329,6 +329,36 @@ pub struct PushStats {
     pub layers_mounted: u32,
 }
 
+impl fmt::Display for PushStats {
+    /// `3 layers uploaded, 14 already there, 0 mounted`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = |k: u32| if k == 1 { "layer" } else { "layers" };
+        write!(
+            f,
+            "{} {} uploaded, {} already there, {} mounted",
+            self.layers_pushed,
+            n(self.layers_pushed),
+            self.layers_existing,
+            self.layers_mounted
+        )
+    }
+}
+
+/// The engine's message about a failed push, on one line, with a hint where the registry's
+/// answer says little (Distribution answers a push to a read-only registry with a bare
+/// `405 Method not allowed`).
+fn push_message(e: bollard::errors::Error) -> String {
+    let text = match e {
+        bollard::errors::Error::DockerStreamError { error } => error,
+        other => other.to_string(),
+    };
+    let mut m = one_line(&text.replace("\\n", " "));
+    if m.contains("HTTP 405") || m.contains("unsupported") {
+        m.push_str(" (the registry does not accept pushes: is it read-only?)");
+    }
+    m
+}
+
 /// One image pushed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushedImage {
@@ -523,7 +553,7 @@ async fn push_one(
     let mut stats = PushStats::default();
     let mut digest = None;
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| refused(one_line(&e.to_string())))?;
+        let info = item.map_err(|e| refused(push_message(e)))?;
         if let Some(d) = info.error_detail {
             return Err(refused(one_line(
                 &d.message
@@ -546,8 +576,7 @@ async fn push_one(
     let seconds = started.elapsed().as_secs_f64();
     info!(%reference, ?digest, ?stats, seconds, "pushed");
     report(BuildEvent::Log(format!(
-        "pushed {reference} in {seconds:.1} s: {} layers uploaded, {} already there, {} mounted from another repository",
-        stats.layers_pushed, stats.layers_existing, stats.layers_mounted
+        "pushed {reference} in {seconds:.1} s: {stats}"
     )));
     Ok(PushedImage {
         local: local.to_string(),
