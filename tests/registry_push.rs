@@ -276,3 +276,67 @@ fn scripts_registry_starts_once_and_stops() {
     assert!(!run(&["status", d]).status.success());
     assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err());
 }
+
+/// The events of `GET /build/gh/binder-examples/setup.py/master` on `web`.
+fn web_build(web: &common::web::WebServer) -> Vec<serde_json::Value> {
+    let _g = build_lock();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/build/gh/binder-examples/{FIXTURE}/master", web.url);
+    rt.block_on(common::web::events(&c, &url))
+}
+
+#[test]
+fn the_servers_builds_push_to_its_registry() {
+    // A registry that refuses: the launch fails with the registry's reason, and starts nothing.
+    let ro = TestRegistry::start(true);
+    let web = common::web::WebServer::start(&format!("registry: {}\n", ro.addr));
+    let ev = web_build(&web);
+    let last = ev.last().unwrap();
+    assert_eq!(last["phase"], "failed", "{ev:?}");
+    let message = last["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("registry {} refused the push", ro.addr)),
+        "{message}"
+    );
+    assert!(
+        !common::web::phases(&ev).contains(&"launching".to_string()),
+        "{ev:?}"
+    );
+    assert_eq!(ro.local_tags(), Vec::<String>::new());
+    drop(web);
+
+    // A registry that takes it: the launch goes on, and the registry has both images.
+    let reg = TestRegistry::start(false);
+    let web = common::web::WebServer::start(&format!("registry: {}\n", reg.addr));
+    let ev = web_build(&web);
+    let last = ev.last().unwrap().clone();
+    assert_eq!(last["phase"], "ready", "{ev:?}");
+    let _stop = StopOnDrop(session_of_url(last["url"].as_str().unwrap()));
+    assert!(
+        ev.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Pushing the images"))),
+        "{ev:?}"
+    );
+    let image = last["image"].as_str().unwrap();
+    let (name, tag) = image.rsplit_once(':').unwrap();
+    let tags = reg.json(&format!("/v2/{name}/tags/list"), None);
+    assert_eq!(tags["tags"], serde_json::json!([tag]), "{image}");
+    let catalog = reg.json("/v2/_catalog", None);
+    let mut repos: Vec<&str> = catalog["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    repos.sort();
+    assert_eq!(repos, ["berth-env", name], "{catalog}");
+    // What a launcher on another node will ask before it starts a session there.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = berth_builder::Registry::parse(&reg.addr).unwrap();
+    assert!(rt.block_on(r.has_manifest(&r.reference(image))).unwrap());
+    assert!(!rt
+        .block_on(r.has_manifest(&r.reference("berth/none:0")))
+        .unwrap());
+}
