@@ -895,9 +895,14 @@ pub fn default_image_repo(url: &str) -> String {
 /// tagged and reusable). URLs in events, labels, errors and the tracing span are redacted
 /// ([`redact_url`]).
 ///
+/// With [`BuildRequest::registry`] set, the registry's address is checked before the fetch,
+/// and the images are pushed after the build ([`registry::push`]; the time counts towards
+/// `req.timeout`); [`BuildOutcome::pushed`] tells where they went.
+///
 /// # Errors
 /// [`BuildError`] for every failure, each with a one-line message;
-/// [`BuildError::TimedOut`] when the time ran out.
+/// [`BuildError::TimedOut`] when the time ran out; [`BuildError::Registry`] when the registry
+/// is unreachable or refuses the push (the images are built then).
 pub async fn build(
     engine: &Engine,
     req: &BuildRequest,
