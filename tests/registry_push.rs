@@ -226,6 +226,34 @@ fn a_registry_that_refuses_pushes_fails_in_one_line_and_leaves_no_tag() {
         "a tag under {closed} was left"
     );
 
+    // A push cut short by --build-timeout (the images are cached, so the time runs out while
+    // the environment's layers are being sent): the tags it added are removed too.
+    let slow = TestRegistry::start(false);
+    let out = {
+        let _g = build_lock();
+        run_berth(&[
+            "build",
+            fixture(FIXTURE).to_str().unwrap(),
+            "--push",
+            "--registry",
+            slow.addr.as_str(),
+            "--build-timeout",
+            "6s",
+        ])
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("timed out after 6 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pushing "), "the push had begun: {stderr}");
+    assert_eq!(slow.local_tags(), Vec::<String>::new(), "{stderr}");
+
     // Bad settings: one line each, before anything else.
     let line = failed_push("http://127.0.0.1:5000");
     assert!(
