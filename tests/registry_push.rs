@@ -18,8 +18,8 @@ fn build_push(reg: &TestRegistry) -> Built {
 }
 
 /// `berth build FIXTURE --push --registry REGISTRY` (without `--json`), which must fail: its
-/// stderr's error line (the last line, the only one starting with `error:`).
-fn failed_push(registry: &str) -> String {
+/// stderr's error line (the last line, the only one starting with `error:`), and all of stderr.
+fn failed_push_stderr(registry: &str) -> (String, String) {
     let _g = build_lock();
     let out = run_berth(&[
         "build",
@@ -38,7 +38,12 @@ fn failed_push(registry: &str) -> String {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert_eq!(stderr.lines().last(), Some(errors[0]), "{stderr}");
-    errors[0].to_string()
+    (errors[0].to_string(), stderr.clone())
+}
+
+/// As [`failed_push_stderr`], the error line only.
+fn failed_push(registry: &str) -> String {
+    failed_push_stderr(registry).0
 }
 
 /// `(name, tag)` of a reference `127.0.0.1:PORT/name:tag`, as the registry's API takes them.
@@ -178,6 +183,23 @@ fn build_push_puts_both_images_in_the_registry_and_pushing_again_uploads_nothing
         assert_eq!(i.stats.layers_pushed, 0, "{i:?}");
         assert_eq!(i.digest, j.digest, "the same manifest");
     }
+    // Without --json, stdout is the pushed references: the runnable image's, then the
+    // environment's.
+    let out = {
+        let _g = build_lock();
+        run_berth(&[
+            "build",
+            fixture(FIXTURE).to_str().unwrap(),
+            "--push",
+            "--registry",
+            reg.addr.as_str(),
+        ])
+    };
+    let stdout = stdout_of(&out);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [p.image.as_str(), p.env_image.as_str()]
+    );
     eprintln!(
         "figures: first push {first_seconds:.1} s, {:.1} MiB in {} blobs; second push {:.1} s, 0 blobs",
         first_bytes as f64 / 1048576.0,
@@ -216,10 +238,14 @@ fn a_registry_that_refuses_pushes_fails_in_one_line_and_leaves_no_tag() {
 
     // Nothing listens: refused before anything is fetched or built.
     let closed = format!("127.0.0.1:{}", registry::free_port());
-    let line = failed_push(&closed);
+    let (line, stderr) = failed_push_stderr(&closed);
     assert!(
         line.contains(&format!("registry {closed} is unreachable")),
         "{line}"
+    );
+    assert!(
+        !stderr.contains("fetching"),
+        "checked before the fetch: {stderr}"
     );
     assert!(
         !all_images().iter().any(|i| i.starts_with(&closed)),
