@@ -351,6 +351,7 @@ pub(crate) async fn outcome_of_bundle(
         cached_env: !imported.loaded,
         seconds: started.elapsed().as_secs_f64(),
         data,
+        pushed: None,
     };
     Ok((
         outcome,

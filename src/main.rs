@@ -550,6 +550,14 @@ struct BuildArgs {
     /// in the cache folder), a URL only from berth's repository cache.
     #[arg(long)]
     offline: bool,
+    /// Push the environment image and the repository image to the registry (--registry) after
+    /// the build, as <registry>/<name>:<tag>; stdout then has the pushed references, the
+    /// runnable image's first.
+    #[arg(long)]
+    push: bool,
+    /// The registry --push pushes to: host:port (e.g. 127.0.0.1:5000) or host:port/prefix.
+    #[arg(long, env = "BERTH_REGISTRY", value_name = "HOST:PORT[/PREFIX]")]
+    registry: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -689,6 +697,7 @@ impl Progress {
                     Phase::Base => "base image",
                     Phase::BuildingEnv => "building environment",
                     Phase::BuildingRepo => "adding repository",
+                    Phase::Pushing => "pushing",
                     Phase::Built => "built",
                 };
                 if let Ok(mut ph) = self.phase.lock() {
@@ -731,6 +740,12 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if args.offline {
         req.offline = Some(berth_builder::sources::default_sources_dir());
     }
+    if args.push {
+        let Some(r) = &args.registry else {
+            anyhow::bail!("--push needs a registry: --registry HOST:PORT or BERTH_REGISTRY");
+        };
+        req.registry = Some(berth_builder::Registry::parse(r)?);
+    }
     req.validate()?;
     if args.plan || args.dockerfile {
         let quiet = |_ev: BuildEvent| {};
@@ -749,6 +764,21 @@ async fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let outcome = build_with_progress(&Engine::connect().await?, &req).await?;
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
+    } else if let Some(p) = &outcome.pushed {
+        // The references nodes pull, the runnable image's first; the figures go to stderr.
+        for i in &p.images {
+            eprintln!(
+                "berth: pushed {} ({}) in {:.1} s: {}",
+                i.reference,
+                i.digest.as_deref().unwrap_or("no digest reported"),
+                i.seconds,
+                i.stats
+            );
+        }
+        println!("{}", p.image);
+        if p.env_image != p.image {
+            println!("{}", p.env_image);
+        }
     } else {
         println!("{}", outcome.image);
     }
@@ -892,9 +922,14 @@ async fn build_with_progress(engine: &Engine, req: &BuildRequest) -> anyhow::Res
     let report = |ev: BuildEvent| progress.event(ev);
     let outcome = berth_builder::build(engine, req, &report).await;
     progress.finish();
+    let verb = match &outcome {
+        // The images were built; the push is what failed.
+        Err(berth_builder::BuildError::Registry(_)) => "cannot push the images of",
+        _ => "cannot build",
+    };
     outcome.with_context(|| {
         format!(
-            "cannot build {}",
+            "{verb} {}",
             berth_builder::shorten(&berth_builder::redact_url(&req.source))
         )
     })

@@ -42,6 +42,18 @@ impl Drop for CleanupOnDrop {
     }
 }
 
+/// Runs `task` on the current runtime (when there is one) as a clean-up that
+/// [`finish_cleanups`] waits for.
+pub(crate) fn spawn_cleanup(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let task = rt.spawn(task);
+        PENDING_CLEANUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+}
+
 /// Waits for the clean-ups of builds that were dropped part-way (an interrupted `berth run`
 /// waits for them before it exits, so their step containers and images are gone too).
 pub async fn finish_cleanups() {

@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod hash;
 pub mod pythons;
 pub mod record;
+pub mod registry;
 pub mod sources;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ pub use pythons::{
     default_bases, probe_python_downloads, PythonBase, PythonConfigError, PythonDownloads,
     PYTHON_PROBE_TIMEOUT, UV_PYTHON_SOURCE,
 };
+pub use registry::{Pushed, Registry, RegistryError};
 
 /// berth's version, recorded in image labels.
 pub const BERTH_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -180,6 +182,9 @@ pub enum BuildError {
         /// Why it is refused.
         reason: String,
     },
+    /// Pushing the images to the registry ([`BuildRequest::registry`]) failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// An internal error (I/O of a build context, a worker thread).
     #[error("{0}")]
     Internal(String),
@@ -247,6 +252,11 @@ pub struct BuildRequest {
     /// berth's repository cache without fetching, and the base image must exist. The env hash
     /// is that of the same build online. `None` (the default) builds online.
     pub offline: Option<PathBuf>,
+    /// Push the environment and repository images to this registry after the build
+    /// (`berth build --push`, the server's `registry` setting), as
+    /// `<registry>/<name>:<tag>` (see [`registry`]). Its address is checked before anything is
+    /// fetched; `None` (the default) pushes nothing.
+    pub registry: Option<Registry>,
 }
 
 impl std::fmt::Debug for BuildRequest {
@@ -273,6 +283,7 @@ impl std::fmt::Debug for BuildRequest {
             .field("limits", &self.limits)
             .field("host_policy", &self.host_policy)
             .field("offline", &self.offline)
+            .field("registry", &self.registry)
             .finish()
     }
 }
@@ -329,6 +340,7 @@ impl BuildRequest {
             limits: BuildLimits::default(),
             host_policy: None,
             offline: None,
+            registry: None,
         }
     }
 
@@ -604,6 +616,8 @@ pub enum Phase {
     BuildingEnv,
     /// Building the repository image.
     BuildingRepo,
+    /// Pushing the images to the registry ([`BuildRequest::registry`]).
+    Pushing,
     /// Done.
     Built,
 }
@@ -644,6 +658,10 @@ pub struct BuildOutcome {
     /// Dockerfile repository, whose image is its own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<String>,
+    /// The images as pushed to [`BuildRequest::registry`] (references to pull, digests,
+    /// what each push uploaded); absent when nothing was pushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<Pushed>,
 }
 
 /// Fetches the repository of `req` (blocking work on a worker thread), narrowed to
@@ -877,9 +895,14 @@ pub fn default_image_repo(url: &str) -> String {
 /// tagged and reusable). URLs in events, labels, errors and the tracing span are redacted
 /// ([`redact_url`]).
 ///
+/// With [`BuildRequest::registry`] set, the registry's address is checked before the fetch,
+/// and the images are pushed after the build ([`registry::push`]; the time counts towards
+/// `req.timeout`); [`BuildOutcome::pushed`] tells where they went.
+///
 /// # Errors
 /// [`BuildError`] for every failure, each with a one-line message;
-/// [`BuildError::TimedOut`] when the time ran out.
+/// [`BuildError::TimedOut`] when the time ran out; [`BuildError::Registry`] when the registry
+/// is unreachable or refuses the push (the images are built then).
 pub async fn build(
     engine: &Engine,
     req: &BuildRequest,
@@ -948,6 +971,10 @@ async fn build_inner(
         None => None,
     };
 
+    // A registry that takes no connection fails the build before anything is fetched.
+    if let Some(r) = &req.registry {
+        r.check_reachable().await?;
+    }
     report(BuildEvent::Phase(Phase::Fetching));
     let co = checkout(req, report).await?;
     fetching.store(false, Ordering::Relaxed);
@@ -1164,6 +1191,13 @@ async fn build_inner(
         }
         name
     };
+    let pushed = match &req.registry {
+        Some(r) => {
+            report(BuildEvent::Phase(Phase::Pushing));
+            Some(registry::push(engine, r, &env_image, &image, report).await?)
+        }
+        None => None,
+    };
     report(BuildEvent::Phase(Phase::Built));
     Ok(BuildOutcome {
         image,
@@ -1174,6 +1208,7 @@ async fn build_inner(
         cached_env,
         seconds: started.elapsed().as_secs_f64(),
         data,
+        pushed,
     })
 }
 

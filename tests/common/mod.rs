@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kernel;
+pub mod registry;
 pub mod web;
 
 use std::path::{Path, PathBuf};

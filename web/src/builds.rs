@@ -298,6 +298,9 @@ fn event_of(ev: BuildEvent) -> Option<Event> {
         BuildEvent::Phase(Phase::BuildingRepo) => Event::Building {
             message: "Adding the repository...\n".into(),
         },
+        BuildEvent::Phase(Phase::Pushing) => Event::Building {
+            message: "Pushing the images to the registry...\n".into(),
+        },
         BuildEvent::Phase(_) => return None,
         BuildEvent::Log(line) => Event::Building {
             message: format!("{line}\n"),

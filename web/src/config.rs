@@ -106,6 +106,14 @@ pub struct Config {
     /// computes. Instead of `workers`; the server runs the loop (`berth_launcher::adapt`) for
     /// every adaptive session it finds, those of an earlier server process too.
     pub adapt: Option<String>,
+    /// A registry every build pushes its environment and repository images to, so that other
+    /// machines (Swarm nodes) can pull them: `host:port` or `host:port/prefix` (as `berth build
+    /// --push --registry`), e.g. `127.0.0.1:5000` for the registry `scripts/registry start`
+    /// runs. Images are pushed as `<registry>/<name>:<tag>` (`<registry>/berth-env:<env hash>`,
+    /// `<registry>/berth/<repo>:<tree>`); a build whose images the registry already has
+    /// uploads no layer (the engine asks for each first). A build whose push fails fails, with
+    /// the registry's one-line reason. `null` (the default): nothing is pushed.
+    pub registry: Option<berth_builder::Registry>,
 }
 
 /// The session backends ([`Config::backend`]).
@@ -164,6 +172,7 @@ impl Default for Config {
             launch_concurrency: None,
             backend: BackendKind::Docker,
             adapt: None,
+            registry: None,
         }
     }
 }
@@ -199,5 +208,24 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}", self.listen))
             .trim_end_matches('/')
             .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_setting_is_read_and_checked() {
+        let cfg: Config = serde_yaml::from_str("registry: 127.0.0.1:5000/team\n").unwrap();
+        assert_eq!(
+            cfg.registry.map(|r| r.to_string()).as_deref(),
+            Some("127.0.0.1:5000/team")
+        );
+        assert!(Config::default().registry.is_none());
+        let e = serde_yaml::from_str::<Config>("registry: http://127.0.0.1:5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without a scheme"), "{e}");
     }
 }

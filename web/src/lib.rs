@@ -294,6 +294,7 @@ impl AppState {
         };
         // Local repositories pass only when the operator allowed them (`allow_local`).
         req.host_policy = (!policy::is_local(repo)).then(|| self.policy.clone());
+        req.registry = cfg.registry.clone();
         req
     }
 }

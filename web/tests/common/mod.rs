@@ -272,6 +272,7 @@ impl Builder for FakeBuilder {
             cached_env: true,
             seconds: 0.0,
             data: self.data.clone(),
+            pushed: None,
         })
     }
 
