@@ -170,6 +170,11 @@ struct SessionOpts {
     /// (workers come when tasks queue and go when idle; MIN may be 0). Instead of --workers.
     #[arg(long, value_name = "MIN:MAX", conflicts_with = "workers")]
     adapt: Option<String>,
+    /// A registry every node of the backend pulls from (host:port or host:port/prefix, as
+    /// berth build --push): the images are pushed there after the build (no layer twice) and
+    /// the session runs the pushed reference. For --backend swarm with more than one node.
+    #[arg(long, env = "BERTH_REGISTRY", value_name = "HOST:PORT[/PREFIX]")]
+    registry: Option<String>,
     /// The most workers `berth scale` may reach.
     #[arg(long, env = "BERTH_MAX_WORKERS", default_value_t = 16)]
     max_workers: u32,
@@ -219,6 +224,7 @@ struct SessionExtras {
     env: Vec<(String, String)>,
     volumes: Vec<berth_launcher::Volume>,
     adapt: Option<berth_launcher::Adapt>,
+    registry: Option<berth_builder::Registry>,
 }
 
 impl SessionOpts {
@@ -243,10 +249,16 @@ impl SessionOpts {
             .as_deref()
             .map(|a| berth_launcher::Adapt::parse(a, self.max_workers))
             .transpose()?;
+        let registry = self
+            .registry
+            .as_deref()
+            .map(berth_builder::Registry::parse)
+            .transpose()?;
         Ok(SessionExtras {
             env,
             volumes,
             adapt,
+            registry,
         })
     }
 
@@ -957,6 +969,15 @@ async fn outcome_for(
     Ok((build_with_progress(engine, req).await?, Vec::new()))
 }
 
+/// The image a session runs: the registry's reference when the build pushed one (every node
+/// pulls it), else the local image.
+fn session_image(outcome: &BuildOutcome) -> &str {
+    outcome
+        .pushed
+        .as_ref()
+        .map_or(outcome.image.as_str(), |p| p.image.as_str())
+}
+
 /// A bundle's data sets (exact versions) for a session of `outcome`; none for a build, whose
 /// declared data sets come from its image's label.
 fn bundled_data<'a>(req: &BuildRequest, outcome: &'a BuildOutcome) -> &'a [String] {
@@ -985,12 +1006,13 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     // Until the URL is printed, SIGINT and SIGTERM remove whatever the launch started.
     let mut signals = Signals::install()?;
     let started = Instant::now();
-    let req = args.opts.request();
+    let mut req = args.opts.request();
     // Check what can be checked before anything is built or started.
     if let Some(open) = args.open.open() {
         open.url_path()?;
     }
     let extras = args.session.extras()?;
+    req.registry = extras.registry.clone();
     req.validate()?;
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
@@ -998,7 +1020,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
         let (outcome, bundle) = outcome_for(&engine, &req, &args.session.data_dir).await?;
-        let mut spec = args.session.spec(&outcome.image, &req.source);
+        let mut spec = args.session.spec(session_image(&outcome), &req.source);
         spec.id = Some(id.clone());
         spec.repo_dir = req.repo_dir.clone();
         spec.env = extras.env;
@@ -1067,9 +1089,10 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Handlers first: from here on SIGINT and SIGTERM end the work below, not the process, so
     // whatever it started is removed.
     let mut signals = Signals::install()?;
-    let req = args.opts.request();
+    let mut req = args.opts.request();
     // Check what can be checked before anything is built or started.
     let extras = args.session.extras()?;
+    req.registry = extras.registry.clone();
     req.validate()?;
     // One connection (and API version negotiation) serves the build and the session.
     let engine = Engine::connect().await?;
@@ -1079,7 +1102,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let id = berth_launcher::new_session_id(&name_hint(&req.source));
     let work = async {
         let (outcome, bundle) = outcome_for(&engine, &req, &args.session.data_dir).await?;
-        let mut spec = args.session.spec(&outcome.image, &req.source);
+        let mut spec = args.session.spec(session_image(&outcome), &req.source);
         spec.id = Some(id.clone());
         spec.repo_dir = req.repo_dir.clone();
         spec.env = extras.env;

@@ -270,15 +270,23 @@ impl SwarmBackend {
             .swarm
             .and_then(|s| s.node_id)
             .unwrap_or_default();
-        let addrs = self
+        let nodes = self
             .docker
             .list_nodes(Some(ListNodesOptionsBuilder::new().build()))
             .await
-            .map_err(engine)?
+            .map_err(engine)?;
+        let down = nodes
+            .iter()
+            .filter(|n| {
+                n.status.as_ref().and_then(|s| s.state) != Some(bollard::models::NodeState::READY)
+            })
+            .filter_map(|n| n.id.clone())
+            .collect();
+        let addrs = nodes
             .into_iter()
             .filter_map(|n| Some((n.id?, n.status?.addr?)))
             .collect();
-        Ok(Nodes { local, addrs })
+        Ok(Nodes { local, addrs, down })
     }
 
     /// Where `service` publishes `target` once its task runs: `http://host:port`, the host
@@ -308,7 +316,7 @@ impl SwarmBackend {
                     return Ok(format!("http://{host}:{port}"));
                 }
             }
-            if let Some(reason) = self.failed_task(id).await? {
+            if let Some(reason) = self.failed_task(id, &Default::default()).await? {
                 return Err(LaunchError::NotReady {
                     session: id.into(),
                     seconds: started.elapsed().as_secs(),
@@ -329,7 +337,13 @@ impl SwarmBackend {
     /// A failure of a task of the session's services that will not heal by waiting: the
     /// service's role and the engine's reason (an image the node cannot pull, a mount whose
     /// source is missing, no node with room).
-    async fn failed_task(&self, id: &str) -> Result<Option<String>, LaunchError> {
+    /// Failures of tasks in `ignore` (by id) are old news: a node that went down, a retry the
+    /// swarm already made.
+    async fn failed_task(
+        &self,
+        id: &str,
+        ignore: &std::collections::HashSet<String>,
+    ) -> Result<Option<String>, LaunchError> {
         let services = self.services(Some(id)).await?;
         let names: HashMap<String, String> = services
             .iter()
@@ -342,6 +356,9 @@ impl SwarmBackend {
             let Some(name) = t.service_id.as_ref().and_then(|s| names.get(s)) else {
                 continue;
             };
+            if t.id.as_ref().is_some_and(|i| ignore.contains(i)) {
+                continue;
+            }
             let status = t.status.clone().unwrap_or_default();
             let bad = matches!(status.state, Some(TaskState::REJECTED | TaskState::FAILED));
             let err = status.err.clone().unwrap_or_default();
@@ -375,6 +392,7 @@ impl SwarmBackend {
         dashboard: Option<&str>,
         workers: u32,
         timeout: Duration,
+        ignore: &std::collections::HashSet<String>,
     ) -> Result<(), LaunchError> {
         let client = probe::client();
         let started = Instant::now();
@@ -398,7 +416,7 @@ impl SwarmBackend {
             }
             if checked.elapsed() >= Duration::from_secs(1) {
                 checked = Instant::now();
-                if let Some(reason) = self.failed_task(id).await? {
+                if let Some(reason) = self.failed_task(id, ignore).await? {
                     return Err(LaunchError::NotReady {
                         session: id.into(),
                         seconds: started.elapsed().as_secs(),
@@ -577,6 +595,7 @@ impl SwarmBackend {
                         Some(&d),
                         spec.initial_workers(),
                         spec.ready_timeout,
+                        &Default::default(),
                     )
                     .await?;
                 }
@@ -620,6 +639,7 @@ impl SwarmBackend {
                     dashboard.as_deref(),
                     spec.initial_workers(),
                     spec.ready_timeout,
+                    &Default::default(),
                 )
                 .await?;
                 self.get(id).await
@@ -695,10 +715,12 @@ impl SwarmBackend {
                 .unwrap_or_default()
         };
         let role_of = |s: &Service| labels_of(s).get(label::ROLE).cloned().unwrap_or_default();
+        // A task on a node that is down runs no more, whatever its last state said.
         let running = |s: &Service| {
             tasks.iter().any(|t| {
                 t.service_id == s.id
                     && t.status.as_ref().and_then(|st| st.state) == Some(TaskState::RUNNING)
+                    && !t.node_id.as_ref().is_some_and(|n| nodes.down.contains(n))
             })
         };
         let session = services.iter().find(|s| role_of(s) == ROLE_SESSION);
@@ -723,6 +745,9 @@ impl SwarmBackend {
         // Published ports are the running tasks', on whichever node they run.
         let address_of = |s: &Service, target: i64| {
             let (node, port) = task_port(tasks, s.id.as_deref()?, target)?;
+            if nodes.down.contains(&node) {
+                return None;
+            }
             Some(format!("http://{}:{port}", nodes.host(&node, &bind_ip)?))
         };
         let jupyter_port = session.and_then(|s| address_of(s, 8888));
@@ -853,10 +878,12 @@ fn endpoint(target: Option<i64>) -> EndpointSpec {
     }
 }
 
-/// Where the swarm's nodes are: the local node's id, and every node's address.
+/// Where the swarm's nodes are: the local node's id, every node's address, and the nodes the
+/// managers see down (their tasks' states are stale until the swarm reschedules them).
 struct Nodes {
     local: String,
     addrs: HashMap<String, String>,
+    down: std::collections::HashSet<String>,
 }
 
 impl Nodes {
@@ -1091,7 +1118,18 @@ impl Backend for SwarmBackend {
     }
 
     async fn scale(&self, id: &str, workers: u32) -> Result<Session, LaunchError> {
-        let session = self.get(id).await?;
+        // A scheduler or Jupyter whose node went down is being placed on another node by the
+        // swarm: wait for it (at most a minute and a half) rather than fail.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut session = self.get(id).await?;
+        while session.dashboard_url.is_none()
+            && session.status == SessionStatus::Degraded
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            session = self.get(id).await?;
+        }
+        let session = session;
         if workers > session.max_workers {
             return Err(LaunchError::TooManyWorkers {
                 session: id.into(),
@@ -1119,6 +1157,19 @@ impl Backend for SwarmBackend {
         };
         let span = info_span!("scale", session = %id, from = session.workers, to = workers, backend = "swarm");
         async {
+            // Failures before this scale (a node that went down) do not fail it.
+            let old_failures: std::collections::HashSet<String> = self
+                .tasks()
+                .await?
+                .into_iter()
+                .filter(|t| {
+                    matches!(
+                        t.status.as_ref().and_then(|s| s.state),
+                        Some(TaskState::REJECTED | TaskState::FAILED)
+                    )
+                })
+                .filter_map(|t| t.id)
+                .collect();
             let services = self.services(Some(id)).await?;
             let labels_of = |s: &Service| {
                 s.spec
@@ -1214,6 +1265,7 @@ impl Backend for SwarmBackend {
                 Some(&dashboard),
                 workers,
                 Duration::from_secs(120),
+                &old_failures,
             )
             .await
         }

@@ -191,7 +191,9 @@ impl BuildHub {
                     } else {
                         "Built image, launching...\n".into()
                     },
-                    image_name: out.image,
+                    // With a registry, sessions run the pushed image (nodes pull it), as
+                    // BinderHub's image_name names the registry's.
+                    image_name: out.pushed.map_or(out.image, |p| p.image),
                     commit: out.commit,
                     env_hash: out.env_hash,
                     cached_env: out.cached_env,
