@@ -104,7 +104,7 @@ fn dim_value(s: &str, what: &str, zero_ok: bool) -> anyhow::Result<(String, u64)
     Ok((d.trim().to_string(), n))
 }
 
-/// The sessions of this machine's engine that mount one of `versions` (ids) of data set
+/// The sessions of this machine's engine (and of the swarm it manages) that mount one of `versions` (ids) of data set
 /// `name`, from their `berth.data` label. Without a reachable engine no session can mount it:
 /// none.
 async fn sessions_mounting(name: &str, versions: &[String]) -> anyhow::Result<Vec<String>> {
@@ -112,14 +112,21 @@ async fn sessions_mounting(name: &str, versions: &[String]) -> anyhow::Result<Ve
     let Ok(engine) = berth_builder::Engine::connect().await else {
         return Ok(Vec::new());
     };
-    let backend = berth_launcher::DockerBackend::with_client(engine.docker().clone());
+    let mut sessions = berth_launcher::DockerBackend::with_client(engine.docker().clone())
+        .list()
+        .await?;
+    // The Swarm backend's sessions too, when this engine manages a swarm.
+    let key = berth_launcher::session_key()?;
+    match berth_launcher::SwarmBackend::with_client(engine.docker().clone(), key).await {
+        Ok(swarm) => sessions.extend(swarm.list().await?),
+        Err(berth_launcher::LaunchError::SwarmInactive) => {}
+        Err(e) => return Err(e.into()),
+    }
     let mounts = |d: &String| {
         d.split_once('@')
             .is_some_and(|(n, v)| n == name && versions.iter().any(|id| id == v))
     };
-    Ok(backend
-        .list()
-        .await?
+    Ok(sessions
         .into_iter()
         .filter(|s| s.data.iter().any(mounts))
         .map(|s| s.id)

@@ -263,14 +263,14 @@ async fn a_swarm_session_launches_computes_scales_and_stops() {
 }
 
 #[test]
-fn swarm_run_passes_the_exit_status_and_leaves_nothing() {
+fn swarm_run_adapts_passes_the_exit_status_and_leaves_nothing() {
     let _swarm = Swarm::join();
     let conda = fixture("conda");
     let out = {
         let _g = build_lock();
         berth()
             .args(["--backend", "swarm", "run", conda.to_str().unwrap()])
-            .args(["--workers", "1", "--", "python", "-c"])
+            .args(["--adapt", "0:2", "--", "python", "-c"])
             .arg(format!(
                 "{CLUSTER_CHECK}\nimport sys; print('failing on purpose'); sys.exit(3)"
             ))
@@ -280,7 +280,8 @@ fn swarm_run_passes_the_exit_status_and_leaves_nothing() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
-    assert!(stdout.contains("WORKERS 1 TOTAL 4000000"), "{stdout}");
+    // No worker at first (--adapt 0:2): the computation brings them, run's own loop adapting.
+    assert!(stdout.contains("WORKERS 0 TOTAL 4000000"), "{stdout}");
     assert!(stdout.contains("failing on purpose"), "{stdout}");
     let id = stderr
         .lines()

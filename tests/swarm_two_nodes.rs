@@ -133,6 +133,34 @@ async fn workers_spread_over_two_nodes_and_heal_when_one_goes() {
         .await
         .unwrap();
     let conda = fixture("conda");
+    // Without the registry, the second node cannot pull the image: one clear line (naming
+    // the way out), and nothing of the session is left.
+    let out = tokio::task::spawn_blocking({
+        let conda = conda.clone();
+        move || {
+            let _g = build_lock();
+            swarm_berth(&["launch", conda.to_str().unwrap(), "--workers", "4"])
+        }
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let last = err.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("No such image")
+            && last.contains("--registry"),
+        "{err}"
+    );
+    assert_eq!(
+        docker(&["service", "ls", "-q", "--filter", "label=berth.session"]).trim(),
+        ""
+    );
+    assert_eq!(
+        docker(&["network", "ls", "-q", "--filter", "label=berth.session"]).trim(),
+        ""
+    );
     let addr = registry.addr.clone();
     let launched = tokio::task::spawn_blocking(move || {
         launch(

@@ -18,8 +18,8 @@ use futures_util::{FutureExt, StreamExt};
 use tracing::{info, info_span, Instrument};
 
 use crate::{
-    probe, random_hex, Attached, Backend, LaunchError, Limits, Output, Session, SessionSpec,
-    SessionStatus,
+    probe, random_hex, shared, Attached, Backend, LaunchError, Limits, Output, Session,
+    SessionSpec, SessionStatus,
 };
 
 /// Label keys of session containers and networks.
@@ -732,73 +732,15 @@ impl DockerBackend {
         token: &str,
     ) -> Result<Session, LaunchError> {
         let network = format!("berth-{id}");
-        let base_url = spec.base_url.clone().unwrap_or_else(|| "/".into());
-        let open = match &spec.open {
-            Some(o) => o.url_path()?,
-            None => "lab".to_string(),
-        };
-        for (k, v) in &spec.env {
-            crate::check_env(k, v)?;
-        }
-        for v in &spec.volumes {
-            v.check()?;
-        }
         // Data sets are read-only bind mounts like the others, so recording every mount in
         // one label lets `scale` give new workers the data too.
-        let mut volumes = spec.volumes.clone();
-        for d in &spec.data {
-            let v = d.volume()?;
-            if volumes.iter().any(|o| o.target == v.target) {
-                return Err(LaunchError::InvalidVolume {
-                    spec: v.bind(),
-                    reason: format!("{} is mounted twice", v.target),
-                });
-            }
-            volumes.push(v);
-        }
+        let checked = shared::check(spec)?;
+        let (base_url, volumes) = (&checked.base_url, &checked.volumes);
         let binds: Vec<String> = volumes.iter().map(crate::Volume::bind).collect();
         // The image decides who runs it and where its repository is.
         let (user, repo_dir) = self.image_runtime(&spec.image, &spec.repo_dir).await?;
-        let mut common: HashMap<String, String> = spec.labels.iter().cloned().collect();
-        common.insert(label::SESSION.into(), id.into());
-        common.insert(label::IMAGE.into(), spec.image.clone());
-        common.insert(
-            label::CREATED.into(),
-            chrono::Utc::now().timestamp().to_string(),
-        );
-        common.insert(label::MAX_WORKERS.into(), spec.max_workers.to_string());
-        common.insert(
-            label::LIMITS.into(),
-            serde_json::to_string(&spec.limits).unwrap_or_default(),
-        );
-        common.insert(label::BIND_IP.into(), spec.bind_ip.clone());
-        common.insert(label::BASE_URL.into(), base_url.clone());
-        common.insert(label::OPEN.into(), open.clone());
-        common.insert(label::REPO_DIR.into(), repo_dir.clone());
-        common.insert(label::USER.into(), user.clone());
-        if !spec.env.is_empty() {
-            common.insert(
-                label::ENV.into(),
-                serde_json::to_string(&spec.env).unwrap_or_default(),
-            );
-        }
-        if !volumes.is_empty() {
-            common.insert(
-                label::VOLUMES.into(),
-                serde_json::to_string(&volumes).unwrap_or_default(),
-            );
-        }
-        if !spec.data.is_empty() {
-            common.insert(label::DATA.into(), crate::data_label(&spec.data));
-        }
-        common.insert(
-            label::DEADLINE.into(),
-            (chrono::Utc::now().timestamp() + spec.ready_timeout.as_secs() as i64 + 30).to_string(),
-        );
+        let mut common = shared::common_labels(spec, id, &checked, &user, &repo_dir);
         common.insert(label::HOST_ACCESS.into(), spec.host_access.to_string());
-        if let Some(a) = spec.adapt {
-            common.insert(crate::ADAPT_LABEL.into(), a.label());
-        }
         // Host ports are chosen up front, so they stay the same when the engine restarts the
         // containers (the session keeps its URL), and so Jupyter (the slowest to start) can
         // start first, already knowing the dashboard link.
@@ -838,17 +780,8 @@ impl DockerBackend {
             .map_err(engine)?;
         let mut env = vec![format!("JUPYTER_TOKEN={token}")];
         if dashboard.is_some() {
-            env.push("DASK_SCHEDULER_ADDRESS=tcp://scheduler:8786".into());
-            // The dashboard through Jupyter's own proxy (jupyter-server-proxy, host
-            // `scheduler` allowed by berth's server configuration), so it opens wherever
-            // Jupyter does, behind `berth serve` too, with the session's token; the host port
-            // (`dashboard_url`) stays for direct use.
-            env.push(format!(
-                "DASK_DISTRIBUTED__DASHBOARD__LINK={base_url}proxy/scheduler:8787/status"
-            ));
-            env.push(format!(
-                "BERTH_DASHBOARD_URL={base_url}proxy/scheduler:8787"
-            ));
+            // The host port (`dashboard_url`) stays for direct use.
+            env.extend(shared::cluster_link_env(base_url));
         }
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         let w = Workers {
@@ -897,14 +830,7 @@ impl DockerBackend {
                 .await?;
             }
             None => {
-                let cmd = vec![
-                    "jupyter".to_string(),
-                    "lab".into(),
-                    "--ip=0.0.0.0".into(),
-                    "--port=8888".into(),
-                    "--no-browser".into(),
-                    format!("--ServerApp.base_url={base_url}"),
-                ];
+                let cmd = shared::jupyter_cmd(base_url);
                 let publish = Some((JUPYTER_PORT, spec.bind_ip.as_str(), jupyter_port));
                 // Jupyter's start-up is the longest part of a launch: its container starts
                 // first, and the cluster's containers are created while it boots.
@@ -1160,30 +1086,8 @@ impl DockerBackend {
 #[async_trait::async_trait]
 impl Backend for DockerBackend {
     async fn start(&self, spec: &SessionSpec) -> Result<Session, LaunchError> {
-        if let Some(a) = spec.adapt {
-            if a.max > spec.max_workers {
-                return Err(LaunchError::InvalidAdapt {
-                    spec: a.label(),
-                    reason: format!("MAX is above the session's maximum ({})", spec.max_workers),
-                });
-            }
-        }
-        if spec.initial_workers() > spec.max_workers {
-            return Err(LaunchError::TooManyWorkers {
-                session: "(new)".into(),
-                wanted: spec.workers,
-                max: spec.max_workers,
-            });
-        }
-        let id = match &spec.id {
-            Some(id) => {
-                if !crate::valid_session_id(id) {
-                    return Err(LaunchError::InvalidSessionId(id.clone()));
-                }
-                id.clone()
-            }
-            None => crate::new_session_id(&spec.name_hint),
-        };
+        shared::check(spec)?;
+        let id = shared::session_id(spec)?;
         let token = random_hex(16);
         let span = info_span!("launch", session = %id, image = %spec.image, workers = spec.workers);
         let result = self.start_inner(spec, &id, &token).instrument(span).await;
@@ -1248,31 +1152,7 @@ impl Backend for DockerBackend {
 
     async fn scale(&self, id: &str, workers: u32) -> Result<Session, LaunchError> {
         let session = self.get(id).await?;
-        if workers > session.max_workers {
-            return Err(LaunchError::TooManyWorkers {
-                session: id.into(),
-                wanted: workers,
-                max: session.max_workers,
-            });
-        }
-        match session.status {
-            SessionStatus::Starting | SessionStatus::Failed | SessionStatus::Stopped => {
-                return Err(LaunchError::Scheduler(format!(
-                    "session {id} is {}: only a running session can be scaled (berth stop {id} removes it)",
-                    session.status.as_str()
-                )));
-            }
-            SessionStatus::Running | SessionStatus::Degraded => {}
-        }
-        let Some(dashboard) = session
-            .dashboard_url
-            .as_deref()
-            .map(|d| d.trim_end_matches("/status").to_string())
-        else {
-            return Err(LaunchError::Scheduler(format!(
-                "session {id} has no Dask cluster (it was launched with --workers 0)"
-            )));
-        };
+        let dashboard = shared::scalable(&session, workers)?;
         let span = info_span!("scale", session = %id, from = session.workers, to = workers);
         async {
             let containers = self.containers(Some(id)).await?;
@@ -1288,46 +1168,26 @@ impl Backend for DockerBackend {
                 .find(|c| role_of(c) == ROLE_SESSION)
                 .and_then(|c| c.labels.clone())
                 .unwrap_or_default();
-            let limits: Limits = labels
-                .get(label::LIMITS)
-                .and_then(|l| serde_json::from_str(l).ok())
-                .unwrap_or_default();
+            let settings = shared::Settings::from_labels(&labels);
             let mut common: HashMap<String, String> = labels;
             common.remove(label::TOKEN);
             common.remove(label::ROLE);
             let image = session.image.clone();
-            let repo_dir = common
-                .get(label::REPO_DIR)
-                .cloned()
-                .unwrap_or_else(|| "/home/jovyan".into());
             let bind_ip = common
                 .get(label::BIND_IP)
                 .cloned()
                 .unwrap_or_else(|| "127.0.0.1".into());
-            // Sessions started before these labels existed ran as uid 1000, without extras.
-            let user = common
-                .get(label::USER)
-                .cloned()
-                .unwrap_or_else(|| DEFAULT_USER.into());
-            let env: Vec<(String, String)> = common
-                .get(label::ENV)
-                .and_then(|e| serde_json::from_str(e).ok())
-                .unwrap_or_default();
-            let volumes: Vec<crate::Volume> = common
-                .get(label::VOLUMES)
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default();
-            let binds: Vec<String> = volumes.iter().map(crate::Volume::bind).collect();
+            let binds: Vec<String> = settings.volumes.iter().map(crate::Volume::bind).collect();
             let port = dashboard_port(&dashboard)?;
             let w = Workers {
                 session: id,
                 image: &image,
                 common: &common,
-                limits: &limits,
-                repo_dir: &repo_dir,
+                limits: &settings.limits,
+                repo_dir: &settings.repo_dir,
                 background: false,
-                user: &user,
-                env: &env,
+                user: &settings.user,
+                env: &settings.env,
                 binds: &binds,
             };
             let remove = |name: String| async move {
@@ -1482,16 +1342,7 @@ impl Backend for DockerBackend {
         &self,
         id: &str,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError> {
-        let s = self.get(id).await?;
-        if s.status == SessionStatus::Stopped || s.url.is_empty() {
-            return Ok(None);
-        }
-        Ok(
-            probe::jupyter_status(&probe::client(), &s.server_url, &s.token)
-                .await
-                .ok()
-                .and_then(|st| st.last_activity),
-        )
+        Ok(shared::last_activity(&self.get(id).await?).await)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod adapt;
 mod docker;
 pub mod egress;
 pub mod probe;
+mod shared;
 mod swarm;
 
 use std::time::Duration;

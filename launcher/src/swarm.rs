@@ -32,7 +32,8 @@ use crate::docker::{
     cluster_env, engine, label, DockerBackend, ROLE_SCHEDULER, ROLE_SESSION, ROLE_WORKER,
 };
 use crate::{
-    probe, Attached, Backend, LaunchError, Limits, Output, Session, SessionSpec, SessionStatus,
+    probe, shared, Attached, Backend, LaunchError, Limits, Output, Session, SessionSpec,
+    SessionStatus,
 };
 
 /// The label holding the SHA-256 (hex) of the session's token: lets berth check that the token
@@ -442,73 +443,15 @@ impl SwarmBackend {
 
     async fn start_inner(&self, spec: &SessionSpec, id: &str) -> Result<Session, LaunchError> {
         let network = format!("berth-{id}");
-        let base_url = spec.base_url.clone().unwrap_or_else(|| "/".into());
-        let open = match &spec.open {
-            Some(o) => o.url_path()?,
-            None => "lab".to_string(),
-        };
-        for (k, v) in &spec.env {
-            crate::check_env(k, v)?;
-        }
-        let mut volumes = spec.volumes.clone();
-        for v in &volumes {
-            v.check()?;
-        }
-        for d in &spec.data {
-            let v = d.volume()?;
-            if volumes.iter().any(|o| o.target == v.target) {
-                return Err(LaunchError::InvalidVolume {
-                    spec: v.bind(),
-                    reason: format!("{} is mounted twice", v.target),
-                });
-            }
-            volumes.push(v);
-        }
+        let checked = shared::check(spec)?;
+        let (base_url, volumes) = (&checked.base_url, &checked.volumes);
         let (user, repo_dir) = DockerBackend::with_client(self.docker.clone())
             .image_runtime(&spec.image, &spec.repo_dir)
             .await?;
         let token = self.token(id);
-        let mut common: HashMap<String, String> = spec.labels.iter().cloned().collect();
-        common.insert(label::SESSION.into(), id.into());
+        let mut common = shared::common_labels(spec, id, &checked, &user, &repo_dir);
         common.insert(BACKEND.into(), "swarm".into());
-        common.insert(label::IMAGE.into(), spec.image.clone());
-        common.insert(
-            label::CREATED.into(),
-            chrono::Utc::now().timestamp().to_string(),
-        );
-        common.insert(label::MAX_WORKERS.into(), spec.max_workers.to_string());
-        common.insert(
-            label::LIMITS.into(),
-            serde_json::to_string(&spec.limits).unwrap_or_default(),
-        );
-        common.insert(label::BIND_IP.into(), spec.bind_ip.clone());
-        common.insert(label::BASE_URL.into(), base_url.clone());
-        common.insert(label::OPEN.into(), open.clone());
-        common.insert(label::REPO_DIR.into(), repo_dir.clone());
-        common.insert(label::USER.into(), user.clone());
         common.insert(TOKEN_SHA256.into(), sha256_hex(&token));
-        if !spec.env.is_empty() {
-            common.insert(
-                label::ENV.into(),
-                serde_json::to_string(&spec.env).unwrap_or_default(),
-            );
-        }
-        if !volumes.is_empty() {
-            common.insert(
-                label::VOLUMES.into(),
-                serde_json::to_string(&volumes).unwrap_or_default(),
-            );
-        }
-        if !spec.data.is_empty() {
-            common.insert(label::DATA.into(), crate::data_label(&spec.data));
-        }
-        if let Some(a) = spec.adapt {
-            common.insert(crate::ADAPT_LABEL.into(), a.label());
-        }
-        common.insert(
-            label::DEADLINE.into(),
-            (chrono::Utc::now().timestamp() + spec.ready_timeout.as_secs() as i64 + 30).to_string(),
-        );
         tracing::debug!(session = id, "creating overlay network");
         self.docker
             .create_network(NetworkCreateRequest {
@@ -542,7 +485,7 @@ impl SwarmBackend {
             limits: &spec.limits,
             user: &user,
             network: &network,
-            mounts: &volumes,
+            mounts: volumes,
         };
         let cluster = spec.has_cluster();
         if cluster {
@@ -553,13 +496,7 @@ impl SwarmBackend {
         }
         let mut env = vec![format!("JUPYTER_TOKEN_FILE={TOKEN_FILE}")];
         if cluster {
-            env.push("DASK_SCHEDULER_ADDRESS=tcp://scheduler:8786".into());
-            env.push(format!(
-                "DASK_DISTRIBUTED__DASHBOARD__LINK={base_url}proxy/scheduler:8787/status"
-            ));
-            env.push(format!(
-                "BERTH_DASHBOARD_URL={base_url}proxy/scheduler:8787"
-            ));
+            env.extend(shared::cluster_link_env(base_url));
         }
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
         let (uid, gid) = user
@@ -604,14 +541,7 @@ impl SwarmBackend {
                 Ok(self.get(id).await?)
             }
             None => {
-                let cmd = vec![
-                    "jupyter".to_string(),
-                    "lab".into(),
-                    "--ip=0.0.0.0".into(),
-                    "--port=8888".into(),
-                    "--no-browser".into(),
-                    format!("--ServerApp.base_url={base_url}"),
-                ];
+                let cmd = shared::jupyter_cmd(base_url);
                 let mut s = w.service(&name, ROLE_SESSION, None, cmd, env, true, secrets);
                 s.endpoint_spec = Some(endpoint(Some(8888)));
                 self.create(s).await?;
@@ -723,6 +653,30 @@ impl SwarmBackend {
                     && !t.node_id.as_ref().is_some_and(|n| nodes.down.contains(n))
             })
         };
+        // No task yet, or only tasks before running (new … starting) and none ended: the
+        // service's first task is on its way.
+        let starting = |s: &Service| {
+            let states: Vec<Option<TaskState>> = tasks
+                .iter()
+                .filter(|t| t.service_id == s.id)
+                .map(|t| t.status.as_ref().and_then(|st| st.state))
+                .collect();
+            states.iter().all(|st| {
+                matches!(
+                    st,
+                    Some(
+                        TaskState::NEW
+                            | TaskState::ALLOCATED
+                            | TaskState::PENDING
+                            | TaskState::ASSIGNED
+                            | TaskState::ACCEPTED
+                            | TaskState::PREPARING
+                            | TaskState::READY
+                            | TaskState::STARTING
+                    )
+                )
+            })
+        };
         let session = services.iter().find(|s| role_of(s) == ROLE_SESSION);
         let scheduler = services.iter().find(|s| role_of(s) == ROLE_SCHEDULER);
         let workers: Vec<&&Service> = services
@@ -788,7 +742,11 @@ impl SwarmBackend {
                     SessionStatus::Running
                 }
             }
-            // A command that ended, or a Jupyter the swarm is (re)starting.
+            // A first task on its way (pulling, starting): the launch is under way.
+            Some(s) if starting(s) && chrono::Utc::now().timestamp() < deadline => {
+                SessionStatus::Starting
+            }
+            // A command that ended, or a Jupyter the swarm is placing again.
             Some(_) if command => SessionStatus::Stopped,
             Some(_) => SessionStatus::Degraded,
         };
@@ -1012,26 +970,8 @@ impl ServiceParts<'_> {
 #[async_trait::async_trait]
 impl Backend for SwarmBackend {
     async fn start(&self, spec: &SessionSpec) -> Result<Session, LaunchError> {
-        if let Some(a) = spec.adapt {
-            if a.max > spec.max_workers {
-                return Err(LaunchError::InvalidAdapt {
-                    spec: a.label(),
-                    reason: format!("MAX is above the session's maximum ({})", spec.max_workers),
-                });
-            }
-        }
-        if spec.initial_workers() > spec.max_workers {
-            return Err(LaunchError::TooManyWorkers {
-                session: "new".into(),
-                wanted: spec.initial_workers(),
-                max: spec.max_workers,
-            });
-        }
-        let id = match &spec.id {
-            Some(id) if crate::valid_session_id(id) => id.clone(),
-            Some(id) => return Err(LaunchError::InvalidSessionId(id.clone())),
-            None => crate::new_session_id(&spec.name_hint),
-        };
+        shared::check(spec)?;
+        let id = shared::session_id(spec)?;
         let span = info_span!("launch", session = %id, image = %spec.image, backend = "swarm");
         async {
             match self.start_inner(spec, &id).await {
@@ -1130,31 +1070,7 @@ impl Backend for SwarmBackend {
             session = self.get(id).await?;
         }
         let session = session;
-        if workers > session.max_workers {
-            return Err(LaunchError::TooManyWorkers {
-                session: id.into(),
-                wanted: workers,
-                max: session.max_workers,
-            });
-        }
-        if matches!(
-            session.status,
-            SessionStatus::Starting | SessionStatus::Failed | SessionStatus::Stopped
-        ) {
-            return Err(LaunchError::Scheduler(format!(
-                "session {id} is {}: only a running session can be scaled (berth stop {id} removes it)",
-                session.status.as_str()
-            )));
-        }
-        let Some(dashboard) = session
-            .dashboard_url
-            .as_deref()
-            .map(|d| d.trim_end_matches("/status").to_string())
-        else {
-            return Err(LaunchError::Scheduler(format!(
-                "session {id} has no Dask cluster (it was launched with --workers 0)"
-            )));
-        };
+        let dashboard = shared::scalable(&session, workers)?;
         let span = info_span!("scale", session = %id, from = session.workers, to = workers, backend = "swarm");
         async {
             // Failures before this scale (a node that went down) do not fail it.
@@ -1207,26 +1123,7 @@ impl Backend for SwarmBackend {
                 if self.docker.inspect_image(&image).await.is_err() {
                     return Err(LaunchError::ImageMissing(image));
                 }
-                let limits: Limits = common
-                    .get(label::LIMITS)
-                    .and_then(|l| serde_json::from_str(l).ok())
-                    .unwrap_or_default();
-                let env: Vec<(String, String)> = common
-                    .get(label::ENV)
-                    .and_then(|e| serde_json::from_str(e).ok())
-                    .unwrap_or_default();
-                let volumes: Vec<crate::Volume> = common
-                    .get(label::VOLUMES)
-                    .and_then(|v| serde_json::from_str(v).ok())
-                    .unwrap_or_default();
-                let user = common
-                    .get(label::USER)
-                    .cloned()
-                    .unwrap_or_else(|| crate::docker::DEFAULT_USER.into());
-                let repo_dir = common
-                    .get(label::REPO_DIR)
-                    .cloned()
-                    .unwrap_or_else(|| "/home/jovyan".into());
+                let settings = shared::Settings::from_labels(&common);
                 let mut base = common.clone();
                 base.remove(label::ROLE);
                 let network = format!("berth-{id}");
@@ -1234,13 +1131,14 @@ impl Backend for SwarmBackend {
                     id,
                     image: &image,
                     common: &base,
-                    limits: &limits,
-                    user: &user,
+                    limits: &settings.limits,
+                    user: &settings.user,
                     network: &network,
-                    mounts: &volumes,
+                    mounts: &settings.volumes,
                 };
                 for n in max_index + 1..=max_index + (workers - current) {
-                    self.start_worker(&w, n, &repo_dir, &env).await?;
+                    self.start_worker(&w, n, &settings.repo_dir, &settings.env)
+                        .await?;
                 }
             } else if workers < current {
                 let retire: Vec<String> = running[workers as usize..]
@@ -1342,16 +1240,7 @@ impl Backend for SwarmBackend {
         &self,
         id: &str,
     ) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError> {
-        let s = self.get(id).await?;
-        if s.status == SessionStatus::Stopped || s.url.is_empty() || s.token.is_empty() {
-            return Ok(None);
-        }
-        Ok(
-            probe::jupyter_status(&probe::client(), &s.server_url, &s.token)
-                .await
-                .ok()
-                .and_then(|st| st.last_activity),
-        )
+        Ok(shared::last_activity(&self.get(id).await?).await)
     }
 }
 
