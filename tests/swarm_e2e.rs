@@ -359,12 +359,22 @@ async fn berth_serve_launches_on_the_swarm_and_proxies_with_the_token() {
         web.log_text()
     );
 
-    let out = swarm_berth(&["stop", &session]);
+    // The culler works through the trait: an active session is kept at an hour, and stopped
+    // (nothing left) when any idleness is too much.
+    let out = swarm_berth(&["cull", "--max-idle", "1h", &session]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(stdout_of(&out).trim(), "");
+    let out = swarm_berth(&["cull", "--max-idle", "0s", &session]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_of(&out).trim(), session);
     assert_eq!(swarm_leftovers(&session), Vec::<String>::new());
 }
 

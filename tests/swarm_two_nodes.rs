@@ -1,8 +1,10 @@
 //! Two swarm nodes on one machine: this engine (the manager) and a second Docker engine in a
 //! network namespace of its own (`scripts/second-node`: its own data root, a veth pair),
-//! joined as a worker. Images reach it through a loopback registry (`--registry`). A
-//! session's workers run on both nodes and one computation uses both; stopping the second
-//! engine mid-session degrades the session, and `scale` heals it on the first.
+//! joined as a worker. Images reach it through a loopback registry (`--registry`); without
+//! it, the node cannot pull and the launch fails with one line. A session's workers run on
+//! both nodes and one computation uses both; stopping the second engine mid-session degrades
+//! the session, and `scale` heals it on the first; a node that goes during a launch leaves
+//! either a session or nothing.
 
 mod common;
 
@@ -255,7 +257,7 @@ async fn workers_spread_over_two_nodes_and_heal_when_one_goes() {
         })
         .await
         .unwrap();
-        if e["status"] == "running" {
+        if e["status"] == "running" && e["url"].as_str().is_some_and(|u| u.contains("?token=")) {
             break e;
         }
         assert!(
@@ -265,6 +267,24 @@ async fn workers_spread_over_two_nodes_and_heal_when_one_goes() {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     };
     let (base, token) = server_of(entry["url"].as_str().unwrap(), "lab");
+    // Its task runs; Jupyter in it may still be starting (the swarm placed it again).
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let answer = client
+            .get(format!("{base}api/status"))
+            .header("Authorization", format!("token {token}"))
+            .send()
+            .await;
+        if answer.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Jupyter did not answer again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     let cell = execute(&base, &token, CLUSTER_CHECK).await;
     assert_eq!(cell.error, None, "{}", cell.output);
     assert!(
@@ -277,5 +297,72 @@ async fn workers_spread_over_two_nodes_and_heal_when_one_goes() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The second node comes back (its engine restarts, still a member of the swarm) and goes
+    // again in the middle of a launch: the launch completes on the first node, or fails with
+    // one line and leaves nothing.
+    let addr = registry.addr.clone();
+    tokio::task::spawn_blocking(move || second_node(&["start", &addr]))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while docker(&[
+        "node",
+        "ls",
+        "--filter",
+        "role=worker",
+        "--format",
+        "{{.Status}}",
+    ])
+    .trim()
+        != "Ready"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not come back"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let addr = registry.addr.clone();
+    let conda = fixture("conda");
+    let launching = tokio::task::spawn_blocking(move || {
+        swarm_berth(&[
+            "launch",
+            conda.to_str().unwrap(),
+            "--workers",
+            "4",
+            "--registry",
+            &addr,
+            "--json",
+        ])
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::task::spawn_blocking(|| second_node(&["kill"]))
+        .await
+        .unwrap();
+    let out = launching.await.unwrap();
+    if out.status.success() {
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let id = v["session"].as_str().unwrap().to_string();
+        let out = swarm_berth(&["stop", &id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+    }
+    assert_eq!(
+        docker(&["service", "ls", "-q", "--filter", "label=berth.session"]).trim(),
+        "",
+        "nothing of the launch is left"
+    );
+    assert_eq!(
+        docker(&["network", "ls", "-q", "--filter", "label=berth.session"]).trim(),
+        ""
     );
 }

@@ -290,54 +290,6 @@ impl SwarmBackend {
         Ok(Nodes { local, addrs, down })
     }
 
-    /// Where `service` publishes `target` once its task runs: `http://host:port`, the host
-    /// being `local_host` on this node and the node's address on another. Waits for the task
-    /// (it may have to pull its image first) until `timeout`, failing at once when a task of
-    /// the session failed.
-    async fn published(
-        &self,
-        id: &str,
-        service: &str,
-        target: i64,
-        local_host: &str,
-        timeout: Duration,
-    ) -> Result<String, LaunchError> {
-        let started = Instant::now();
-        let sid = self
-            .docker
-            .inspect_service(service, None)
-            .await
-            .map_err(engine)?
-            .id
-            .unwrap_or_default();
-        loop {
-            if let Some((node, port)) = task_port(&self.tasks().await?, &sid, target) {
-                let nodes = self.nodes().await?;
-                if let Some(host) = nodes.host(&node, local_host) {
-                    return Ok(format!("http://{host}:{port}"));
-                }
-            }
-            if let Some(reason) = self.failed_task(id, &Default::default()).await? {
-                return Err(LaunchError::NotReady {
-                    session: id.into(),
-                    seconds: started.elapsed().as_secs(),
-                    reason,
-                });
-            }
-            if started.elapsed() > timeout {
-                return Err(LaunchError::NotReady {
-                    session: id.into(),
-                    seconds: timeout.as_secs(),
-                    reason: format!("no task of {service} runs"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// A failure of a task of the session's services that will not heal by waiting: the
-    /// service's role and the engine's reason (an image the node cannot pull, a mount whose
-    /// source is missing, no node with room).
     /// Failures of tasks in `ignore` (by id) are old news: a node that went down, a retry the
     /// swarm already made.
     async fn failed_task(
@@ -386,11 +338,42 @@ impl SwarmBackend {
 
     /// Waits until Jupyter answers at `jupyter` (base URL, token) and the scheduler at
     /// `dashboard` sees `workers`; fails at once when a task failed.
+    /// Where session `id`'s Jupyter (base URL, with `base_url`) and scheduler (`http://host:port`)
+    /// answer now: the running tasks' published ports on nodes that are up (`local_host` for
+    /// this one).
+    async fn addresses(
+        &self,
+        id: &str,
+        local_host: &str,
+        base_url: &str,
+    ) -> Result<(Option<String>, Option<String>), LaunchError> {
+        let (services, tasks, nodes) =
+            futures_util::try_join!(self.services(Some(id)), self.tasks(), self.nodes())?;
+        let address = |suffix: &str, target: i64| {
+            let name = format!("berth-{id}-{suffix}");
+            let s = services
+                .iter()
+                .find(|s| s.spec.as_ref().and_then(|sp| sp.name.as_deref()) == Some(&name))?;
+            let (node, port) = task_port(&tasks, s.id.as_deref()?, target, &nodes)?;
+            Some(format!("http://{}:{port}", nodes.host(&node, local_host)?))
+        };
+        Ok((
+            address("session", 8888).map(|a| format!("{a}{base_url}")),
+            address("scheduler", 8787),
+        ))
+    }
+
+    /// Waits until Jupyter answers (with `jupyter`: its base URL and token) and the scheduler
+    /// (with `cluster`) sees `workers`; fails at once when a task failed (but those in
+    /// `ignore`). Where they answer is read again every second: a task the swarm placed on
+    /// another node (its node went down) answers there.
+    #[allow(clippy::too_many_arguments)]
     async fn wait_ready(
         &self,
         id: &str,
         jupyter: Option<(&str, &str)>,
-        dashboard: Option<&str>,
+        cluster: bool,
+        local_host: &str,
         workers: u32,
         timeout: Duration,
         ignore: &std::collections::HashSet<String>,
@@ -399,24 +382,11 @@ impl SwarmBackend {
         let started = Instant::now();
         let mut jupyter_ok = jupyter.is_none();
         let mut seen = 0;
-        let mut checked = Instant::now();
+        let mut checked: Option<Instant> = None;
+        let (mut server, mut dashboard) = (None, None);
         loop {
-            if !jupyter_ok {
-                if let Some((base, token)) = jupyter {
-                    jupyter_ok = probe::jupyter_status(&client, base, token).await.is_ok();
-                }
-            }
-            let mut scheduler_ok = dashboard.is_none();
-            if let Some(d) = dashboard {
-                let answer = probe::dask_workers(&client, d).await;
-                scheduler_ok = answer.is_ok();
-                seen = answer.unwrap_or(0);
-            }
-            if jupyter_ok && scheduler_ok && seen == workers {
-                return Ok(());
-            }
-            if checked.elapsed() >= Duration::from_secs(1) {
-                checked = Instant::now();
+            if checked.is_none_or(|c| c.elapsed() >= Duration::from_secs(1)) {
+                checked = Some(Instant::now());
                 if let Some(reason) = self.failed_task(id, ignore).await? {
                     return Err(LaunchError::NotReady {
                         session: id.into(),
@@ -424,10 +394,28 @@ impl SwarmBackend {
                         reason,
                     });
                 }
+                let base_url = jupyter.map_or("/", |(b, _)| b);
+                (server, dashboard) = self.addresses(id, local_host, base_url).await?;
+            }
+            if !jupyter_ok {
+                if let (Some(base), Some((_, token))) = (&server, jupyter) {
+                    jupyter_ok = probe::jupyter_status(&client, base, token).await.is_ok();
+                }
+            }
+            let mut scheduler_ok = !cluster;
+            if let (true, Some(d)) = (cluster, &dashboard) {
+                let answer = probe::dask_workers(&client, d).await;
+                scheduler_ok = answer.is_ok();
+                seen = answer.unwrap_or(0);
+            }
+            if jupyter_ok && scheduler_ok && seen == workers {
+                return Ok(());
             }
             if started.elapsed() > timeout {
                 let reason = if !jupyter_ok {
                     "Jupyter did not answer".to_string()
+                } else if !scheduler_ok {
+                    "the scheduler did not answer".to_string()
                 } else {
                     format!("the scheduler sees {seen} of {workers} workers")
                 };
@@ -517,19 +505,11 @@ impl SwarmBackend {
             Some(cmd) => {
                 // A command starts working at once: the cluster must be there before it.
                 if cluster {
-                    let d = self
-                        .published(
-                            id,
-                            &format!("berth-{id}-scheduler"),
-                            8787,
-                            &spec.bind_ip,
-                            spec.ready_timeout,
-                        )
-                        .await?;
                     self.wait_ready(
                         id,
                         None,
-                        Some(&d),
+                        true,
+                        &spec.bind_ip,
                         spec.initial_workers(),
                         spec.ready_timeout,
                         &Default::default(),
@@ -545,28 +525,11 @@ impl SwarmBackend {
                 let mut s = w.service(&name, ROLE_SESSION, None, cmd, env, true, secrets);
                 s.endpoint_spec = Some(endpoint(Some(8888)));
                 self.create(s).await?;
-                let dashboard = if cluster {
-                    let d = self
-                        .published(
-                            id,
-                            &format!("berth-{id}-scheduler"),
-                            8787,
-                            &spec.bind_ip,
-                            spec.ready_timeout,
-                        )
-                        .await?;
-                    Some(d)
-                } else {
-                    None
-                };
-                let server = self
-                    .published(id, &name, 8888, &spec.bind_ip, spec.ready_timeout)
-                    .await?;
-                let jupyter = format!("{server}{base_url}");
                 self.wait_ready(
                     id,
-                    Some((&jupyter, &token)),
-                    dashboard.as_deref(),
+                    Some((base_url, &token)),
+                    cluster,
+                    &spec.bind_ip,
                     spec.initial_workers(),
                     spec.ready_timeout,
                     &Default::default(),
@@ -698,10 +661,7 @@ impl SwarmBackend {
         let open = labels.get(label::OPEN).cloned().unwrap_or("lab".into());
         // Published ports are the running tasks', on whichever node they run.
         let address_of = |s: &Service, target: i64| {
-            let (node, port) = task_port(tasks, s.id.as_deref()?, target)?;
-            if nodes.down.contains(&node) {
-                return None;
-            }
+            let (node, port) = task_port(tasks, s.id.as_deref()?, target, nodes)?;
             Some(format!("http://{}:{port}", nodes.host(&node, &bind_ip)?))
         };
         let jupyter_port = session.and_then(|s| address_of(s, 8888));
@@ -856,12 +816,20 @@ impl Nodes {
     }
 }
 
-/// The running task of `service_id` and the host port it publishes `target` on: `(node, port)`.
-fn task_port(tasks: &[Task], service_id: &str, target: i64) -> Option<(String, u16)> {
+/// The running task of `service_id` (on a node that is not down: a task there still reads
+/// running until the node comes back) and the host port it publishes `target` on:
+/// `(node, port)`.
+fn task_port(
+    tasks: &[Task],
+    service_id: &str,
+    target: i64,
+    nodes: &Nodes,
+) -> Option<(String, u16)> {
     tasks
         .iter()
         .filter(|t| t.service_id.as_deref() == Some(service_id))
         .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
+        .filter(|t| !t.node_id.as_ref().is_some_and(|n| nodes.down.contains(n)))
         .find_map(|t| {
             let port = t
                 .status
@@ -1157,10 +1125,15 @@ impl Backend for SwarmBackend {
                     }
                 }
             }
+            let bind_ip = common
+                .get(label::BIND_IP)
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1".into());
             self.wait_ready(
                 id,
                 None,
-                Some(&dashboard),
+                true,
+                &bind_ip,
                 workers,
                 Duration::from_secs(120),
                 &old_failures,
