@@ -334,7 +334,16 @@ impl Outside {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        // Listening before anyone connects (a loaded machine starts Python slowly).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let addr: std::net::SocketAddr = "10.251.0.2:8080".parse().unwrap();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the outside host's server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Self { name, server }
     }
 }

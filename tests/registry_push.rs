@@ -373,8 +373,12 @@ fn the_servers_builds_push_to_its_registry() {
             .is_some_and(|m| m.starts_with("Pushing the images"))),
         "{ev:?}"
     );
+    // The session runs the registry's reference, which every node can pull.
     let image = last["image"].as_str().unwrap();
-    let (name, tag) = image.rsplit_once(':').unwrap();
+    let local = image
+        .strip_prefix(&format!("{}/", reg.addr))
+        .unwrap_or_else(|| panic!("the session runs the pushed image: {image}"));
+    let (name, tag) = local.rsplit_once(':').unwrap();
     let tags = reg.json(&format!("/v2/{name}/tags/list"), None);
     assert_eq!(tags["tags"], serde_json::json!([tag]), "{image}");
     let catalog = reg.json("/v2/_catalog", None);
