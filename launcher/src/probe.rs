@@ -54,9 +54,13 @@ pub async fn jupyter_status(
 /// # Errors
 /// A one-line reason when it does not answer.
 pub async fn dask_workers(client: &reqwest::Client, dashboard: &str) -> Result<u32, String> {
-    let url = format!("{dashboard}/json/counts.json");
+    worker_count(client, &format!("{dashboard}/json/counts.json")).await
+}
+
+/// The `workers` member of the JSON object `url` answers with.
+async fn worker_count(client: &reqwest::Client, url: &str) -> Result<u32, String> {
     let resp = client
-        .get(&url)
+        .get(url)
         .send()
         .await
         .map_err(|e| format!("{url}: {e}"))?;
@@ -168,18 +172,5 @@ pub async fn retire_workers(
 /// # Errors
 /// A one-line reason when it does not answer.
 pub async fn adaptive_target(client: &reqwest::Client, dashboard: &str) -> Result<u32, String> {
-    let url = format!("{dashboard}/api/v1/adaptive_target");
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    if !resp.status().is_success() {
-        return Err(format!("{url}: HTTP {}", resp.status()));
-    }
-    let v: serde_json::Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
-    v.get("workers")
-        .and_then(serde_json::Value::as_u64)
-        .map(|n| n as u32)
-        .ok_or_else(|| format!("{url}: no worker count"))
+    worker_count(client, &format!("{dashboard}/api/v1/adaptive_target")).await
 }

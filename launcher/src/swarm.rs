@@ -202,22 +202,8 @@ impl SwarmBackend {
             .map_err(engine)?;
         // A secret in use cannot go: it is removed once the services are.
         let deadline = Instant::now() + Duration::from_secs(60);
-        for sec in secrets {
-            let Some(sid) = sec.id else { continue };
-            loop {
-                match self.docker.delete_secret(&sid).await {
-                    Ok(()) => {
-                        n += 1;
-                        break;
-                    }
-                    Err(e) if is_404(&e) => break,
-                    Err(e) if Instant::now() < deadline => {
-                        tracing::debug!(session = id, error = %e, "secret still in use");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(e) => return Err(engine(e)),
-                }
-            }
+        for sid in secrets.into_iter().filter_map(|sec| sec.id) {
+            n += remove_when_free(deadline, || self.docker.delete_secret(&sid)).await?;
         }
         let networks = self
             .docker
@@ -226,22 +212,8 @@ impl SwarmBackend {
             ))
             .await
             .map_err(engine)?;
-        for net in networks {
-            let Some(nid) = net.id else { continue };
-            loop {
-                match self.docker.remove_network(&nid).await {
-                    Ok(()) => {
-                        n += 1;
-                        break;
-                    }
-                    Err(e) if is_404(&e) => break,
-                    Err(e) if Instant::now() < deadline => {
-                        tracing::debug!(session = id, error = %e, "network still in use");
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(e) => return Err(engine(e)),
-                }
-            }
+        for nid in networks.into_iter().filter_map(|net| net.id) {
+            n += remove_when_free(deadline, || self.docker.remove_network(&nid)).await?;
         }
         // The services' containers on this node go asynchronously: wait for them too, so
         // nothing of the session is left when stop returns.
@@ -764,6 +736,27 @@ impl SwarmBackend {
                 }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Removes an object the engine refuses to remove while something still uses it (a secret
+/// while services mount it, a network while containers are attached): retries every 250 ms
+/// until `deadline`. Returns 1 when it was removed, 0 when it was gone already.
+async fn remove_when_free<F, Fut>(deadline: Instant, remove: F) -> Result<usize, LaunchError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), bollard::errors::Error>>,
+{
+    loop {
+        match remove().await {
+            Ok(()) => return Ok(1),
+            Err(e) if is_404(&e) => return Ok(0),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "still in use");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(engine(e)),
         }
     }
 }
